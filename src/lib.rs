@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod devices;
 pub mod irq;
+pub mod logger;
 pub mod protocol;
 pub mod server;
 pub mod vcpu;

@@ -1,6 +1,51 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The `ivvmm` executable: parse, run, map the outcome to an exit status.
 
-fn main() {
-    println!("ivvmm {}", env!("CARGO_PKG_VERSION"));
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use ivvmm::cli::Cli;
+use ivvmm::vmm::{terminal, Vmm};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ivvmm::logger::init(cli.verbose);
+    let code = match cli.command {
+        Some(command) => match command {},
+        None => run_vm(&cli),
+    };
+    terminal::restore_now();
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn run_vm(cli: &Cli) -> i32 {
+    let config = match cli.vm.to_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ivvmm: {e}");
+            return 2;
+        }
+    };
+    let vmm = match Vmm::new(&config) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("ivvmm: {e}");
+            return e.exit_code();
+        }
+    };
+    match vmm.run() {
+        Ok(reason) => {
+            let code = reason.exit_code();
+            match &reason {
+                ivvmm::vmm::stop::StopReason::Fatal(msg) => eprintln!("ivvmm: {msg}"),
+                other => log::info!("VM stopped: {}", other.describe()),
+            }
+            code
+        }
+        Err(e) => {
+            eprintln!("ivvmm: {e}");
+            e.exit_code()
+        }
+    }
 }

@@ -1,2 +1,391 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Peers, outgoing doorbell ioeventfds, incoming irqfds and masked-vector handling.
+//!
+//! The path of a doorbell never reaches this code: guest A's write to
+//! DOORBELL matches a KVM ioeventfd registered here with datamatch
+//! `(peer << 16) | vector`; KVM signals peer B's eventfd, which in B's VM is
+//! an irqfd on the GSI whose MSI route came from B's MSI-X entry. This
+//! module only *sets that up* and keeps it true as peers come and go, BAR0
+//! moves and the guest masks vectors:
+//!
+//! - a deliverable vector (MSI-X enabled, function and entry unmasked) has
+//!   its irqfd attached and its route current;
+//! - any other vector has its irqfd detached; the event loop watches its
+//!   eventfd instead and turns an event into the vector's pending bit;
+//! - when a vector becomes deliverable with its pending bit set, it is
+//!   injected once (KVM_SIGNAL_MSI) and the bit is cleared.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use kvm_bindings::kvm_msi;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::devices::pci::msix::MsixState;
+use crate::irq::{IrqError, IrqRouting, MsiMessage};
+
+/// KVM allows 1000 devices on its MMIO bus (NR_IOBUS_DEVS) per VM; the
+/// in-kernel IOAPIC uses one. We stay below with some margin.
+pub const IOEVENTFD_BUDGET: usize = 990;
+
+/// Doorbell ioeventfds registered in this VM, across all devices.
+#[derive(Default, Debug)]
+pub struct IoeventfdBudget {
+    used: AtomicUsize,
+}
+
+impl IoeventfdBudget {
+    fn take(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < IOEVENTFD_BUDGET).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::SeqCst)
+    }
+}
+
+/// Counters shown by `--stats`.
+#[derive(Default, Debug)]
+pub struct DoorbellStats {
+    /// Doorbell writes that matched no ioeventfd (unknown peer or vector).
+    pub unmatched: AtomicU64,
+    /// Events that arrived on a masked vector (become pending bits).
+    pub masked_events: AtomicU64,
+    /// Pending vectors injected on unmask.
+    pub pending_injected: AtomicU64,
+    pub peers_joined: AtomicU64,
+    pub peers_left: AtomicU64,
+    /// (peer, vector) pairs left unconnected because of the ioeventfd budget.
+    pub over_budget: AtomicU64,
+}
+
+/// One of our own vectors.
+struct Incoming {
+    evt: EventFd,
+    gsi: u32,
+    attached: bool,
+    route: Option<MsiMessage>,
+}
+
+/// One outgoing doorbell: ring `fd` to interrupt (peer, vector).
+struct Outgoing {
+    fd: EventFd,
+    /// The DOORBELL address its ioeventfd is registered at.
+    registered: Option<u64>,
+}
+
+/// The interrupting half of one ivshmem device.
+pub struct Doorbell {
+    vm: Arc<VmFd>,
+    irq: Arc<IrqRouting>,
+    own_id: u16,
+    incoming: Vec<Incoming>,
+    peers: BTreeMap<u16, Vec<Option<Outgoing>>>,
+    /// Where DOORBELL is now (BAR0 + 12), if BAR0 is mapped.
+    doorbell_addr: Option<u64>,
+    budget: Arc<IoeventfdBudget>,
+    /// Written when the set of vectors the event loop must watch changes.
+    pub watch_changed: EventFd,
+    pub stats: Arc<DoorbellStats>,
+}
+
+impl Doorbell {
+    /// Takes our id and incoming eventfds from the handshake; every vector
+    /// starts masked (MSI-X is disabled at reset), so nothing is attached.
+    pub fn new(
+        vm: Arc<VmFd>,
+        irq: Arc<IrqRouting>,
+        own_id: u16,
+        own: Vec<EventFd>,
+        budget: Arc<IoeventfdBudget>,
+    ) -> Result<Self, IrqError> {
+        let mut incoming = Vec::with_capacity(own.len());
+        for evt in own {
+            incoming.push(Incoming {
+                evt,
+                gsi: irq.allocate_gsi()?,
+                attached: false,
+                route: None,
+            });
+        }
+        let watch_changed =
+            EventFd::new(EFD_NONBLOCK).map_err(|e| IrqError::Build(format!("eventfd: {e}")))?;
+        let mut db = Doorbell {
+            vm,
+            irq,
+            own_id,
+            incoming,
+            peers: BTreeMap::new(),
+            doorbell_addr: None,
+            budget,
+            watch_changed,
+            stats: Arc::new(DoorbellStats::default()),
+        };
+        // A peer may ring itself: our own eventfds are doorbells too (QEMU
+        // registers them the same way).
+        for v in 0..db.incoming.len() {
+            if let Ok(fd) = db.incoming[v].evt.try_clone() {
+                db.add_outgoing(own_id, v as u16, fd);
+            }
+        }
+        Ok(db)
+    }
+
+    pub fn own_id(&self) -> u16 {
+        self.own_id
+    }
+
+    pub fn vectors(&self) -> u16 {
+        self.incoming.len() as u16
+    }
+
+    /// Peers we can ring (ourselves included).
+    pub fn peer_ids(&self) -> Vec<u16> {
+        self.peers.keys().copied().collect()
+    }
+
+    /// A peer's `vector` can be rung through `fd`.
+    pub fn peer_joined(&mut self, id: u16, vector: u16, fd: EventFd) {
+        if id == self.own_id {
+            log::info!("ivshmem: server announced our own id {id} again; ignored");
+            return;
+        }
+        if !self.peers.contains_key(&id) {
+            self.stats.peers_joined.fetch_add(1, Ordering::Relaxed);
+            log::info!("ivshmem: peer {id} joined");
+        }
+        self.add_outgoing(id, vector, fd);
+    }
+
+    /// A peer left: its doorbells go away.
+    pub fn peer_left(&mut self, id: u16) {
+        if id == self.own_id {
+            return;
+        }
+        if let Some(vectors) = self.peers.remove(&id) {
+            self.stats.peers_left.fetch_add(1, Ordering::Relaxed);
+            log::info!("ivshmem: peer {id} left");
+            for (v, out) in vectors.into_iter().enumerate() {
+                if let Some(mut out) = out {
+                    Self::unregister_with(&self.vm, &self.budget, id, v as u16, &mut out);
+                }
+            }
+        }
+    }
+
+    fn add_outgoing(&mut self, id: u16, vector: u16, fd: EventFd) {
+        let slots = self.peers.entry(id).or_default();
+        let v = usize::from(vector);
+        if slots.len() <= v {
+            slots.resize_with(v + 1, || None);
+        }
+        if let Some(mut old) = slots[v].take() {
+            // A repeated announcement replaces the old doorbell.
+            Self::unregister_with(&self.vm, &self.budget, id, vector, &mut old);
+        }
+        let mut out = Outgoing {
+            fd,
+            registered: None,
+        };
+        if let Some(addr) = self.doorbell_addr {
+            self.register(id, vector, &mut out, addr);
+        }
+        if let Some(slot) = self.peers.get_mut(&id).and_then(|s| s.get_mut(v)) {
+            *slot = Some(out);
+        }
+    }
+
+    /// BAR0 moved or memory decode changed: re-register every doorbell at
+    /// DOORBELL's new address (`None`: unmapped).
+    pub fn set_doorbell_address(&mut self, addr: Option<u64>) {
+        if self.doorbell_addr == addr {
+            return;
+        }
+        self.doorbell_addr = addr;
+        let ids: Vec<u16> = self.peers.keys().copied().collect();
+        for id in ids {
+            let Some(slots) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            let mut taken: Vec<(u16, Outgoing)> = Vec::new();
+            for (v, slot) in slots.iter_mut().enumerate() {
+                if let Some(out) = slot.take() {
+                    taken.push((v as u16, out));
+                }
+            }
+            for (v, mut out) in taken {
+                Self::unregister_with(&self.vm, &self.budget, id, v, &mut out);
+                if let Some(addr) = addr {
+                    self.register(id, v, &mut out, addr);
+                }
+                if let Some(slot) = self
+                    .peers
+                    .get_mut(&id)
+                    .and_then(|s| s.get_mut(usize::from(v)))
+                {
+                    *slot = Some(out);
+                }
+            }
+        }
+    }
+
+    fn register(&self, id: u16, vector: u16, out: &mut Outgoing, addr: u64) {
+        if !self.budget.take() {
+            self.stats.over_budget.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "ivshmem: doorbell for peer {id} vector {vector} not connected: KVM allows about {IOEVENTFD_BUDGET} doorbells per VM (peers × vectors); use fewer vectors or peers"
+            );
+            return;
+        }
+        let datamatch = (u32::from(id) << 16) | u32::from(vector);
+        match self
+            .vm
+            .register_ioevent(&out.fd, &IoEventAddress::Mmio(addr), datamatch)
+        {
+            Ok(()) => out.registered = Some(addr),
+            Err(e) => {
+                self.budget.give_back();
+                self.stats.over_budget.fetch_add(1, Ordering::Relaxed);
+                log::error!("ivshmem: KVM refused the doorbell for peer {id} vector {vector}: {e}");
+            }
+        }
+    }
+
+    fn unregister_with(
+        vm: &VmFd,
+        budget: &IoeventfdBudget,
+        id: u16,
+        vector: u16,
+        out: &mut Outgoing,
+    ) {
+        if let Some(addr) = out.registered.take() {
+            let datamatch = (u32::from(id) << 16) | u32::from(vector);
+            if let Err(e) = vm.unregister_ioevent(&out.fd, &IoEventAddress::Mmio(addr), datamatch) {
+                log::warn!("ivshmem: removing the doorbell for peer {id} vector {vector}: {e}");
+            }
+            budget.give_back();
+        }
+    }
+
+    /// Brings vector `v`'s irqfd and route in line with the MSI-X state.
+    /// Returns true if the set of watched vectors changed.
+    pub fn sync_vector(&mut self, v: u16, msix: &MsixState) -> bool {
+        let deliverable = msix.deliverable(v);
+        let message = msix.message(v).map(|m| MsiMessage {
+            address: m.address,
+            data: m.data,
+        });
+        let Some(inc) = self.incoming.get_mut(usize::from(v)) else {
+            return false;
+        };
+        if deliverable {
+            if let Some(msg) = message {
+                if inc.route != Some(msg) {
+                    match self.irq.set_msi_route(&self.vm, inc.gsi, msg) {
+                        Ok(()) => inc.route = Some(msg),
+                        Err(e) => log::warn!("ivshmem: vector {v}: {e}"),
+                    }
+                }
+            }
+            if !inc.attached && inc.route.is_some() {
+                match self.vm.register_irqfd(&inc.evt, inc.gsi) {
+                    Ok(()) => {
+                        inc.attached = true;
+                        return true;
+                    }
+                    Err(e) => log::warn!("ivshmem: vector {v}: attaching irqfd failed: {e}"),
+                }
+            }
+        } else if inc.attached {
+            if let Err(e) = self.vm.unregister_irqfd(&inc.evt, inc.gsi) {
+                log::warn!("ivshmem: vector {v}: detaching irqfd failed: {e}");
+            }
+            inc.attached = false;
+            return true;
+        }
+        false
+    }
+
+    /// Injects vector `v`'s current MSI message once.
+    pub fn inject(&self, msix: &MsixState, v: u16) {
+        let Some(m) = msix.message(v) else { return };
+        let msi = kvm_msi {
+            address_lo: m.address as u32,
+            address_hi: (m.address >> 32) as u32,
+            data: m.data,
+            ..Default::default()
+        };
+        if let Err(e) = self.vm.signal_msi(msi) {
+            log::warn!("ivshmem: injecting vector {v} failed: {e}");
+        }
+    }
+
+    /// The event loop saw vector `v`'s eventfd readable while it was not
+    /// attached: make the event pending, or deliver it if the vector became
+    /// deliverable in the meantime.
+    pub fn on_vector_event(&mut self, v: u16, msix: &mut MsixState) {
+        let Some(inc) = self.incoming.get(usize::from(v)) else {
+            return;
+        };
+        if inc.evt.read().is_err() {
+            return; // Nothing there (KVM's irqfd took it first).
+        }
+        if msix.deliverable(v) {
+            self.inject(msix, v);
+        } else {
+            self.stats.masked_events.fetch_add(1, Ordering::Relaxed);
+            msix.set_pending(v);
+        }
+    }
+
+    /// Vectors whose eventfd the event loop must watch (not attached).
+    pub fn watched_fds(&self) -> Vec<(u16, RawFd)> {
+        self.incoming
+            .iter()
+            .enumerate()
+            .filter(|(_, inc)| !inc.attached)
+            .map(|(v, inc)| (v as u16, inc.evt.as_raw_fd()))
+            .collect()
+    }
+
+    /// Asks the event loop to re-read [`watched_fds`](Self::watched_fds).
+    pub fn notify_watch_changed(&self) {
+        let _ = self.watch_changed.write(1);
+    }
+
+    /// Detaches everything (device reset, teardown).
+    pub fn detach_all(&mut self) {
+        for inc in &mut self.incoming {
+            if inc.attached {
+                let _ = self.vm.unregister_irqfd(&inc.evt, inc.gsi);
+                inc.attached = false;
+            }
+        }
+        self.notify_watch_changed();
+    }
+}
+
+impl Drop for Doorbell {
+    fn drop(&mut self) {
+        self.set_doorbell_address(None);
+        for inc in &mut self.incoming {
+            if inc.attached {
+                let _ = self.vm.unregister_irqfd(&inc.evt, inc.gsi);
+            }
+            self.irq.release_gsi(inc.gsi);
+        }
+    }
+}

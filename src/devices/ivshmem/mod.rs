@@ -1,5 +1,380 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The ivshmem PCI device (1af4:1110) as QEMU's guests see it.
+//!
+//! - plain (`--shm`, `--shm-path`): BAR0 registers and BAR2 shared memory,
+//!   no capabilities, IVPOSITION 0 — QEMU's `ivshmem-plain`;
+//! - doorbell (`--server`): BAR1 MSI-X as well, IVPOSITION = our peer id,
+//!   doorbells through KVM ioeventfds and interrupts through irqfds —
+//!   QEMU's `ivshmem-doorbell`.
+//!
+//! BAR2 is a KVM memory slot pointing at the `MAP_SHARED` mapping, so guest
+//! accesses to shared memory never exit to the VMM.
 
+pub mod device;
 pub mod doorbell;
+pub mod events;
 pub mod memory;
+pub mod regs;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_manager::MutEventSubscriber;
+use kvm_ioctls::VmFd;
+use thiserror::Error;
+
+use crate::arch::x86_64::layout::{self, Mmio32Allocator, Mmio64Allocator};
+use crate::bus::Bus;
+use crate::cli::size::format_size;
+use crate::cli::vm::IvshmemBacking;
+use crate::devices::pci::config::{BarKind, ConfigError, PciConfig, PciIds, COMMAND_MEMORY};
+use crate::devices::pci::msix::{msix_capability, MsixError, MsixState, MSIX_CAP_ID};
+use crate::irq::{IrqError, IrqRouting};
+use crate::protocol::{self, HandshakeError};
+use device::{DeviceParts, IvshmemDevice, BAR1_SIZE, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET};
+use doorbell::{Doorbell, IoeventfdBudget};
+use events::DoorbellEvents;
+use memory::{MemoryError, ShmBackend, ShmSource};
+use regs::BAR0_SIZE;
+
+/// The ids QEMU gives ivshmem: Red Hat's vendor id, class "RAM memory",
+/// revision 1, and QEMU's default subsystem ids.
+pub const IVSHMEM_IDS: PciIds = PciIds {
+    vendor: 0x1af4,
+    device: 0x1110,
+    revision: 1,
+    class: 0x05_00_00,
+    subsys_vendor: 0x1af4,
+    subsys_id: 0x1100,
+    header_type: 0,
+};
+
+/// How long the handshake with a server may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub enum IvshmemError {
+    #[error("ivshmem{index}: {source}")]
+    Memory { index: usize, source: MemoryError },
+    #[error("ivshmem{index}: {source}")]
+    Handshake {
+        index: usize,
+        source: HandshakeError,
+    },
+    #[error("ivshmem{index}: the server's shared memory is {shm} but this device's BAR is {bar}: restart the server with -l {bar} or ask for size={shm}")]
+    ShmSmaller {
+        index: usize,
+        shm: String,
+        bar: String,
+    },
+    #[error("ivshmem{index}: the server's shared memory is {0} bytes, not a multiple of 4096: restart the server with a power-of-two size", .size)]
+    ShmNotPageMultiple { index: usize, size: u64 },
+    #[error("ivshmem{index}: no room for a {size} BAR below the guest's {bits}-bit physical address limit: use a smaller size or less --mem")]
+    NoBarSpace {
+        index: usize,
+        size: String,
+        bits: u8,
+    },
+    #[error(
+        "ivshmem{index}: no room for its registers in the 32-bit MMIO window: use fewer devices"
+    )]
+    NoMmio32 { index: usize },
+    #[error("ivshmem{index}: configuration space: {0}", .source)]
+    Config { index: usize, source: ConfigError },
+    #[error("ivshmem{index}: MSI-X: {0}", .source)]
+    Msix { index: usize, source: MsixError },
+    #[error("ivshmem{index}: interrupts: {0}", .source)]
+    Irq { index: usize, source: IrqError },
+}
+
+impl IvshmemError {
+    /// Usage-type errors (the size asked for can't work) are 2, the rest 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            IvshmemError::Memory {
+                source: MemoryError::InvalidName { .. } | MemoryError::BadSize(_),
+                ..
+            } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// What every ivshmem device of a VM shares.
+#[derive(Clone)]
+pub struct IvshmemEnv {
+    pub vm: Arc<VmFd>,
+    pub mmio: Arc<Bus>,
+    pub irq: Arc<IrqRouting>,
+    pub mem_size: u64,
+    /// Guest physical address bits (CPUID 0x80000008).
+    pub phys_bits: u8,
+    pub budget: Arc<IoeventfdBudget>,
+}
+
+impl IvshmemEnv {
+    /// Whether a BAR of `size` at `addr` can be mapped: not zero, inside
+    /// the guest's physical address space and clear of guest RAM. (A sizing
+    /// probe's all-ones value fails this, so probes never map anything.)
+    pub fn bar_address_usable(&self, addr: u64, size: u64) -> bool {
+        let Some(end) = addr.checked_add(size) else {
+            return false;
+        };
+        let limit = 1u64 << layout::sane_phys_bits(self.phys_bits);
+        addr != 0
+            && end <= limit
+            && layout::ram_regions(self.mem_size)
+                .iter()
+                .all(|(start, len)| end <= start.0 || addr >= start.0 + *len as u64)
+    }
+}
+
+/// Hands out BAR addresses and KVM memory slots to devices as they are built.
+pub struct BarAllocator {
+    mmio32: Mmio32Allocator,
+    mmio64: Mmio64Allocator,
+    next_slot: u32,
+    phys_bits: u8,
+}
+
+impl BarAllocator {
+    /// `first_slot`: the first KVM slot number not used by RAM.
+    pub fn new(mem_size: u64, phys_bits: u8, first_slot: u32) -> Self {
+        BarAllocator {
+            mmio32: Mmio32Allocator::new(),
+            mmio64: Mmio64Allocator::new(layout::mmio64_window(mem_size, phys_bits)),
+            next_slot: first_slot,
+            phys_bits,
+        }
+    }
+}
+
+/// A built ivshmem device, as the VMM holds it.
+pub struct Ivshmem {
+    index: usize,
+    function: Arc<Mutex<IvshmemDevice>>,
+    subscriber: Option<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    backend: ShmBackend,
+}
+
+impl Ivshmem {
+    /// Opens the backing (or joins the server), lays out the BARs and
+    /// builds the PCI function. On error nothing is left behind: shared
+    /// memory created here is removed when `backend` drops.
+    pub fn new(
+        index: usize,
+        backing: &IvshmemBacking,
+        env: &IvshmemEnv,
+        alloc: &mut BarAllocator,
+    ) -> Result<Self, IvshmemError> {
+        let mem_err = |source| IvshmemError::Memory { index, source };
+        let (backend, bar2_size, server) = match backing {
+            IvshmemBacking::Shm { name, size } => (
+                ShmBackend::open(&ShmSource::Name(name.clone()), *size).map_err(mem_err)?,
+                *size,
+                None,
+            ),
+            IvshmemBacking::Path { path, size } => (
+                ShmBackend::open(&ShmSource::Path(path.clone()), *size).map_err(mem_err)?,
+                *size,
+                None,
+            ),
+            IvshmemBacking::Server {
+                socket,
+                vectors,
+                size,
+            } => {
+                let (conn, hs) = protocol::connect(socket, *vectors as u16, HANDSHAKE_TIMEOUT)
+                    .map_err(|source| IvshmemError::Handshake { index, source })?;
+                let shm = hs.shm.size();
+                if shm % 4096 != 0 {
+                    return Err(IvshmemError::ShmNotPageMultiple { index, size: shm });
+                }
+                let bar = match size {
+                    Some(bar) if *bar > shm => {
+                        return Err(IvshmemError::ShmSmaller {
+                            index,
+                            shm: format_size(shm),
+                            bar: format_size(*bar),
+                        })
+                    }
+                    Some(bar) => *bar,
+                    // A server's size need not be a power of two (QEMU's
+                    // device aborts then); round the BAR up, the tail unbacked.
+                    None => shm.checked_next_power_of_two().unwrap_or(shm),
+                };
+                (
+                    hs.shm,
+                    bar,
+                    Some((conn, hs.id, hs.own, hs.peers, *vectors, socket.clone())),
+                )
+            }
+        };
+        let mapping = backend.map().map_err(mem_err)?;
+        // The guest sees at most the BAR of it (a server's object may be
+        // larger than the size asked for) and at least... what exists.
+        let bar2_backed = (mapping.len() as u64).min(bar2_size);
+
+        let bar0 = alloc
+            .mmio32
+            .alloc(BAR0_SIZE, BAR0_SIZE)
+            .ok_or(IvshmemError::NoMmio32 { index })?;
+        let bar2 = alloc
+            .mmio64
+            .alloc(bar2_size)
+            .ok_or(IvshmemError::NoBarSpace {
+                index,
+                size: format_size(bar2_size),
+                bits: alloc.phys_bits,
+            })?;
+        let cfg_err = |source| IvshmemError::Config { index, source };
+        let mut config = PciConfig::new(IVSHMEM_IDS);
+        config
+            .add_bar(
+                0,
+                BAR0_SIZE,
+                BarKind::Mem32 {
+                    prefetchable: false,
+                },
+                bar0,
+            )
+            .map_err(cfg_err)?;
+        config
+            .add_bar(2, bar2_size, BarKind::Mem64 { prefetchable: true }, bar2)
+            .map_err(cfg_err)?;
+        config.set_initial_command(COMMAND_MEMORY);
+        let bar2_slot = alloc.next_slot;
+        alloc.next_slot += 1;
+
+        let mut parts = DeviceParts {
+            index,
+            config,
+            ivposition: 0,
+            env: env.clone(),
+            mapping,
+            bar2_backed,
+            bar2_slot,
+            msix: None,
+            doorbell: None,
+        };
+        let mut subscriber_parts = None;
+        if let Some((conn, id, own, peers, vectors, socket)) = server {
+            let bar1 = alloc
+                .mmio32
+                .alloc(BAR1_SIZE, BAR1_SIZE)
+                .ok_or(IvshmemError::NoMmio32 { index })?;
+            parts
+                .config
+                .add_bar(
+                    1,
+                    BAR1_SIZE,
+                    BarKind::Mem32 {
+                        prefetchable: false,
+                    },
+                    bar1,
+                )
+                .map_err(cfg_err)?;
+            let (body, wmask) = msix_capability(
+                vectors as u16,
+                1,
+                MSIX_TABLE_OFFSET as u32,
+                1,
+                MSIX_PBA_OFFSET as u32,
+            )
+            .map_err(|source| IvshmemError::Msix { index, source })?;
+            let cap = parts
+                .config
+                .add_capability(MSIX_CAP_ID, &body, &wmask)
+                .map_err(cfg_err)?;
+            let mut db =
+                Doorbell::new(env.vm.clone(), env.irq.clone(), id, own, env.budget.clone())
+                    .map_err(|source| IvshmemError::Irq { index, source })?;
+            for (peer, fds) in peers {
+                for (v, fd) in fds.into_iter().enumerate() {
+                    db.peer_joined(peer, v as u16, fd);
+                }
+            }
+            let watch = db
+                .watch_changed
+                .try_clone()
+                .map_err(|e| IvshmemError::Irq {
+                    index,
+                    source: IrqError::Build(e.to_string()),
+                })?;
+            parts.ivposition = id;
+            parts.msix = Some((MsixState::new(vectors as u16), cap));
+            parts.doorbell = Some(db);
+            subscriber_parts = Some((conn, socket, watch));
+        }
+
+        let function = IvshmemDevice::create(parts);
+        let subscriber = subscriber_parts.map(|(conn, socket, watch)| {
+            Arc::new(Mutex::new(DoorbellEvents::new(
+                function.clone(),
+                conn,
+                socket,
+                watch,
+            ))) as Arc<Mutex<dyn MutEventSubscriber + Send>>
+        });
+        log::info!(
+            "ivshmem{index}: {} ({}) at BAR2 {bar2:#x}",
+            backend.describe(),
+            format_size(bar2_size)
+        );
+        Ok(Ivshmem {
+            index,
+            function,
+            subscriber,
+            backend,
+        })
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The PCI function to put on the bus.
+    pub fn function(&self) -> Arc<Mutex<dyn crate::devices::pci::root::PciFunction>> {
+        self.function.clone()
+    }
+
+    /// The event-loop subscriber (doorbell devices only).
+    pub fn subscriber(&self) -> Option<Arc<Mutex<dyn MutEventSubscriber + Send>>> {
+        self.subscriber.clone()
+    }
+
+    /// Start-up succeeded: shared memory we created stays after we exit.
+    pub fn keep_backing(&mut self) {
+        self.backend.keep();
+    }
+
+    /// The backing object's name, for messages.
+    pub fn describe(&self) -> &str {
+        self.backend.describe()
+    }
+
+    /// Counters for `--stats`.
+    pub fn stats(&self) -> Vec<(String, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dev = self.function.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        match &dev.doorbell {
+            Some(db) => {
+                let s = &db.stats;
+                out.push(("id".to_string(), u64::from(db.own_id())));
+                out.push(("peers".to_string(), db.peer_ids().len() as u64));
+                out.push(("doorbell_unmatched".to_string(), s.unmatched.load(Relaxed)));
+                out.push(("masked_events".to_string(), s.masked_events.load(Relaxed)));
+                out.push((
+                    "pending_injected".to_string(),
+                    s.pending_injected.load(Relaxed),
+                ));
+                out.push(("peers_joined".to_string(), s.peers_joined.load(Relaxed)));
+                out.push(("peers_left".to_string(), s.peers_left.load(Relaxed)));
+                out.push(("over_budget".to_string(), s.over_budget.load(Relaxed)));
+            }
+            None => out.push(("plain_doorbells".to_string(), dev.plain_doorbells())),
+        }
+        out
+    }
+}

@@ -337,6 +337,13 @@ impl PciConfig {
         })
     }
 
+    /// Sets the command register as built (e.g. memory decode on for BARs
+    /// the VMM pre-assigned, as firmware would leave them); kept by
+    /// [`PciConfig::reset`]. Only writable bits are taken.
+    pub fn set_initial_command(&mut self, value: u16) {
+        self.init_u16(COMMAND, value & COMMAND_WRITABLE);
+    }
+
     pub fn command(&self) -> u16 {
         self.u16_at(COMMAND)
     }

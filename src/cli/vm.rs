@@ -1,0 +1,449 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! The VM's flags (`ivvmm --kernel ...`) and their conversion into a [`VmConfig`].
+
+use std::path::PathBuf;
+
+use clap::Args;
+use thiserror::Error;
+
+use crate::cli::size::{format_size, parse_pow2_size, parse_size, SizeError};
+
+/// What every guest gets on its command line unless `--no-default-cmdline`:
+/// the console on COM1, `reboot=k` so a guest reboot resets through the
+/// i8042 (which ends the VM), `panic=1` so a panic becomes a reboot, and no
+/// ACPI (ivvmm describes the machine with an MP table).
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 acpi=off pci=conf1";
+
+/// Smallest ivshmem region (one page), as QEMU.
+pub const MIN_SHM_SIZE: u64 = 4096;
+/// Default ivshmem size, as QEMU's ivshmem-server.
+pub const DEFAULT_SHM_SIZE: &str = "4M";
+/// Vectors per device: the MSI-X table (16 bytes an entry) fits below the
+/// PBA at 0x800 of a 4 KiB BAR1, as QEMU lays it out.
+pub const MAX_VECTORS: u32 = 128;
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct VmArgs {
+    /// Guest kernel: a bzImage, an ELF vmlinux, or a PVH ELF.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// Initial ramdisk loaded for the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// Extra kernel command-line words, appended to the default
+    /// ("console=ttyS0 reboot=k panic=1 acpi=off pci=conf1"); later words win.
+    #[arg(long, value_name = "STR", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+
+    /// Use --cmdline alone, without the default words.
+    #[arg(long)]
+    pub no_default_cmdline: bool,
+
+    /// Guest RAM (K/M/G suffixes).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub mem: String,
+
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u32,
+
+    /// Guest serial console: stdio, none, or a file to write it to.
+    #[arg(long, value_name = "stdio|none|PATH", default_value = "stdio")]
+    pub serial: String,
+
+    /// ivshmem backed by the POSIX shared-memory object NAME (/dev/shm/NAME):
+    /// created (0600) if absent, used as is if present, never resized.
+    #[arg(long, value_name = "NAME", conflicts_with = "shm_path")]
+    pub shm: Option<String>,
+
+    /// ivshmem backed by a file (tmpfs, or hugetlbfs such as /dev/hugepages/x).
+    #[arg(long, value_name = "PATH")]
+    pub shm_path: Option<PathBuf>,
+
+    /// Size of the --shm/--shm-path region: a power of two, at least 4K.
+    #[arg(long, value_name = "SIZE", default_value = DEFAULT_SHM_SIZE)]
+    pub size: String,
+
+    /// ivshmem-doorbell: join the ivshmem server listening on PATH.
+    #[arg(long, value_name = "PATH")]
+    pub server: Option<PathBuf>,
+
+    /// MSI-X vectors of the --server device.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vectors: u32,
+
+    /// Another ivshmem device (repeatable): shm=NAME[,size=S] |
+    /// path=FILE[,size=S] | server=SOCK[,vectors=N]. Each is its own PCI function.
+    #[arg(long = "ivshmem", value_name = "SPEC")]
+    pub ivshmem: Vec<String>,
+
+    /// Print exit and event counters when the VM stops (also on SIGUSR1).
+    #[arg(long)]
+    pub stats: bool,
+}
+
+/// Where the guest's serial output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialChoice {
+    Stdio,
+    None,
+    File(PathBuf),
+}
+
+/// The host side of one ivshmem device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IvshmemBacking {
+    /// POSIX shared memory object.
+    Shm { name: String, size: u64 },
+    /// A file on tmpfs or hugetlbfs.
+    Path { path: PathBuf, size: u64 },
+    /// Shared memory and doorbells from an ivshmem server. With `size`, BAR2
+    /// is that size and the server's memory must be at least as large;
+    /// without, BAR2 is the server's size rounded up to a power of two.
+    Server {
+        socket: PathBuf,
+        vectors: u32,
+        size: Option<u64>,
+    },
+}
+
+/// Everything needed to build a VM; produced from flags, or by tests directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub mem_size: u64,
+    pub cpus: u32,
+    pub serial: SerialChoice,
+    pub ivshmem: Vec<IvshmemBacking>,
+    pub stats: bool,
+}
+
+/// A flag that can't be turned into a configuration (exit status 2).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("no kernel given: pass --kernel PATH (a bzImage, vmlinux or PVH ELF)")]
+    NoKernel,
+    #[error("--mem: {0}")]
+    Mem(SizeError),
+    #[error("--mem {0} is too small: give the guest at least 16M")]
+    MemTooSmall(String),
+    #[error("--size: {0}")]
+    ShmSize(SizeError),
+    #[error("--cpus 0: a VM needs at least one vCPU; use --cpus 1 or more")]
+    NoCpus,
+    #[error("--vectors {0}: use 1..={MAX_VECTORS}")]
+    Vectors(u32),
+    #[error("--ivshmem '{spec}': {why}")]
+    Spec { spec: String, why: String },
+    #[error("--serial '': give stdio, none, or a file path")]
+    EmptySerial,
+}
+
+/// The smallest guest RAM we accept: room for the boot structures, a small
+/// kernel and its page tables.
+pub const MIN_MEM: u64 = 16 << 20;
+
+impl VmArgs {
+    /// Validates the flags and builds the configuration. Files are not
+    /// touched here: that happens when the VM is built.
+    pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
+        let kernel = self.kernel.clone().ok_or(ConfigError::NoKernel)?;
+        let mem_size = parse_size(&self.mem).map_err(ConfigError::Mem)?;
+        if mem_size < MIN_MEM {
+            return Err(ConfigError::MemTooSmall(self.mem.clone()));
+        }
+        if self.cpus == 0 {
+            return Err(ConfigError::NoCpus);
+        }
+        let serial = match self.serial.as_str() {
+            "stdio" => SerialChoice::Stdio,
+            "none" => SerialChoice::None,
+            "" => return Err(ConfigError::EmptySerial),
+            path => SerialChoice::File(PathBuf::from(path)),
+        };
+        let mut ivshmem = Vec::new();
+        let size_given = self.size != DEFAULT_SHM_SIZE;
+        if let Some(name) = &self.shm {
+            ivshmem.push(IvshmemBacking::Shm {
+                name: name.clone(),
+                size: shm_size(&self.size)?,
+            });
+        }
+        if let Some(path) = &self.shm_path {
+            ivshmem.push(IvshmemBacking::Path {
+                path: path.clone(),
+                size: shm_size(&self.size)?,
+            });
+        }
+        if let Some(socket) = &self.server {
+            // --size goes with the shorthand device; with --server alone it
+            // is the BAR size the server's memory must cover.
+            let size = if size_given && self.shm.is_none() && self.shm_path.is_none() {
+                Some(shm_size(&self.size)?)
+            } else {
+                None
+            };
+            ivshmem.push(IvshmemBacking::Server {
+                socket: socket.clone(),
+                vectors: check_vectors(self.vectors)?,
+                size,
+            });
+        }
+        for spec in &self.ivshmem {
+            ivshmem.push(parse_ivshmem_spec(spec)?);
+        }
+        let cmdline = match (&self.cmdline, self.no_default_cmdline) {
+            (Some(extra), false) => format!("{DEFAULT_CMDLINE} {extra}"),
+            (Some(only), true) => only.clone(),
+            (None, false) => DEFAULT_CMDLINE.to_string(),
+            (None, true) => String::new(),
+        };
+        Ok(VmConfig {
+            kernel,
+            initrd: self.initrd.clone(),
+            cmdline,
+            mem_size,
+            cpus: self.cpus,
+            serial,
+            ivshmem,
+            stats: self.stats,
+        })
+    }
+}
+
+fn shm_size(text: &str) -> Result<u64, ConfigError> {
+    parse_pow2_size(text, MIN_SHM_SIZE).map_err(ConfigError::ShmSize)
+}
+
+fn check_vectors(n: u32) -> Result<u32, ConfigError> {
+    if n == 0 || n > MAX_VECTORS {
+        return Err(ConfigError::Vectors(n));
+    }
+    Ok(n)
+}
+
+/// `shm=NAME[,size=S]`, `path=FILE[,size=S]` or `server=SOCK[,vectors=N]`.
+pub fn parse_ivshmem_spec(spec: &str) -> Result<IvshmemBacking, ConfigError> {
+    let bad = |why: String| ConfigError::Spec {
+        spec: spec.to_string(),
+        why,
+    };
+    let mut kind: Option<(&str, &str)> = None;
+    let mut size: Option<u64> = None;
+    let mut vectors: Option<u32> = None;
+    for part in spec.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| bad(format!("'{part}' is not key=value")))?;
+        match key {
+            "shm" | "path" | "server" => {
+                if kind.is_some() {
+                    return Err(bad("give exactly one of shm=, path=, server=".into()));
+                }
+                if value.is_empty() {
+                    return Err(bad(format!("{key}= needs a value")));
+                }
+                kind = Some((key, value));
+            }
+            "size" => {
+                let s = parse_pow2_size(value, MIN_SHM_SIZE).map_err(|e| bad(e.to_string()))?;
+                size = Some(s);
+            }
+            "vectors" => {
+                let n: u32 = value
+                    .parse()
+                    .map_err(|_| bad(format!("vectors={value} is not a number")))?;
+                vectors = Some(check_vectors(n).map_err(|e| bad(e.to_string()))?);
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unknown key '{key}' (known: shm, path, server, size, vectors)"
+                )))
+            }
+        }
+    }
+    let default_size = || parse_size(DEFAULT_SHM_SIZE).unwrap_or(4 << 20);
+    match kind {
+        Some(("shm", name)) if vectors.is_none() => Ok(IvshmemBacking::Shm {
+            name: name.to_string(),
+            size: size.unwrap_or_else(default_size),
+        }),
+        Some(("path", path)) if vectors.is_none() => Ok(IvshmemBacking::Path {
+            path: PathBuf::from(path),
+            size: size.unwrap_or_else(default_size),
+        }),
+        Some(("server", socket)) => Ok(IvshmemBacking::Server {
+            socket: PathBuf::from(socket),
+            vectors: vectors.unwrap_or(1),
+            size,
+        }),
+        Some(_) => Err(bad("vectors= applies to server= only".into())),
+        None => Err(bad("give one of shm=NAME, path=FILE, server=SOCK".into())),
+    }
+}
+
+/// For messages: a size the way a user would type it.
+pub fn human_size(bytes: u64) -> String {
+    format_size(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        vm: VmArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<VmConfig, ConfigError> {
+        let mut argv = vec!["ivvmm"];
+        argv.extend_from_slice(args);
+        T::try_parse_from(argv).expect("clap parse").vm.to_config()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&["--kernel", "k"]).unwrap();
+        assert_eq!(c.mem_size, 256 << 20);
+        assert_eq!(c.cpus, 1);
+        assert_eq!(c.serial, SerialChoice::Stdio);
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        assert!(c.ivshmem.is_empty());
+    }
+
+    #[test]
+    fn cmdline_appends_to_the_default_unless_told_not_to() {
+        let c = config(&["--kernel", "k", "--cmdline", "test=pci quiet"]).unwrap();
+        assert_eq!(c.cmdline, format!("{DEFAULT_CMDLINE} test=pci quiet"));
+        let c = config(&["--kernel", "k", "--cmdline", "x", "--no-default-cmdline"]).unwrap();
+        assert_eq!(c.cmdline, "x");
+    }
+
+    #[test]
+    fn shm_shorthand_and_sizes() {
+        let c = config(&["--kernel", "k", "--shm", "demo", "--size", "64M"]).unwrap();
+        assert_eq!(
+            c.ivshmem,
+            vec![IvshmemBacking::Shm {
+                name: "demo".into(),
+                size: 64 << 20
+            }]
+        );
+        let c = config(&["--kernel", "k", "--shm", "demo"]).unwrap();
+        assert_eq!(
+            c.ivshmem,
+            vec![IvshmemBacking::Shm {
+                name: "demo".into(),
+                size: 4 << 20
+            }]
+        );
+        let c = config(&["--kernel", "k", "--shm-path", "/dev/shm/f", "--size", "8G"]).unwrap();
+        assert!(matches!(&c.ivshmem[0], IvshmemBacking::Path { size, .. } if *size == 8 << 30));
+    }
+
+    #[test]
+    fn bad_sizes_are_usage_errors() {
+        for bad in ["3M", "0", "1K", "99999999999999G", "4Q", ""] {
+            let e = config(&["--kernel", "k", "--shm", "d", "--size", bad]).unwrap_err();
+            assert!(matches!(e, ConfigError::ShmSize(_)), "{bad}: {e}");
+        }
+        assert!(matches!(
+            config(&["--kernel", "k", "--mem", "1M"]),
+            Err(ConfigError::MemTooSmall(_))
+        ));
+        assert!(matches!(
+            config(&["--kernel", "k", "--mem", "lots"]),
+            Err(ConfigError::Mem(_))
+        ));
+    }
+
+    #[test]
+    fn cpus_zero_and_missing_kernel_are_refused() {
+        assert_eq!(
+            config(&["--kernel", "k", "--cpus", "0"]),
+            Err(ConfigError::NoCpus)
+        );
+        assert_eq!(config(&[]), Err(ConfigError::NoKernel));
+    }
+
+    #[test]
+    fn serial_choices() {
+        let c = config(&["--kernel", "k", "--serial", "none"]).unwrap();
+        assert_eq!(c.serial, SerialChoice::None);
+        let c = config(&["--kernel", "k", "--serial", "/tmp/out.log"]).unwrap();
+        assert_eq!(c.serial, SerialChoice::File("/tmp/out.log".into()));
+    }
+
+    #[test]
+    fn server_device_and_its_rules() {
+        let c = config(&["--kernel", "k", "--server", "/tmp/s", "--vectors", "4"]).unwrap();
+        assert_eq!(
+            c.ivshmem,
+            vec![IvshmemBacking::Server {
+                socket: "/tmp/s".into(),
+                vectors: 4,
+                size: None
+            }]
+        );
+        let c = config(&["--kernel", "k", "--server", "/tmp/s", "--size", "8M"]).unwrap();
+        assert!(
+            matches!(c.ivshmem[0], IvshmemBacking::Server { size: Some(s), .. } if s == 8 << 20)
+        );
+        assert_eq!(
+            config(&["--kernel", "k", "--server", "/tmp/s", "--vectors", "0"]),
+            Err(ConfigError::Vectors(0))
+        );
+    }
+
+    #[test]
+    fn repeatable_ivshmem_specs() {
+        let c = config(&[
+            "--kernel",
+            "k",
+            "--ivshmem",
+            "shm=a,size=1M",
+            "--ivshmem",
+            "path=/dev/shm/b",
+            "--ivshmem",
+            "server=/tmp/s,vectors=2",
+        ])
+        .unwrap();
+        assert_eq!(c.ivshmem.len(), 3);
+        assert_eq!(
+            c.ivshmem[0],
+            IvshmemBacking::Shm {
+                name: "a".into(),
+                size: 1 << 20
+            }
+        );
+        assert!(matches!(&c.ivshmem[1], IvshmemBacking::Path { size, .. } if *size == 4 << 20));
+        assert!(matches!(
+            &c.ivshmem[2],
+            IvshmemBacking::Server { vectors: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn malformed_specs_name_the_problem() {
+        for (spec, needle) in [
+            ("shm=a,path=b", "exactly one"),
+            ("size=4M", "give one of"),
+            ("shm=a,size=3M", "power of two"),
+            ("shm=a,vectors=2", "server= only"),
+            ("shm=a,colour=red", "unknown key"),
+            ("shm", "key=value"),
+            ("shm=", "needs a value"),
+            ("server=s,vectors=x", "not a number"),
+        ] {
+            let e = parse_ivshmem_spec(spec).unwrap_err().to_string();
+            assert!(e.contains(needle), "{spec}: {e}");
+        }
+    }
+}

@@ -1,0 +1,368 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! The ivshmem PCI function: configuration space, the three BARs, and
+//! keeping KVM's view (MMIO ranges, the BAR2 memory slot, doorbells) in
+//! step with what the guest programs.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+
+use kvm_bindings::kvm_userspace_memory_region;
+
+use super::doorbell::Doorbell;
+use super::memory::ShmMapping;
+use super::regs::{doorbell_target, Registers, BAR0_SIZE, DOORBELL};
+use super::IvshmemEnv;
+use crate::bus::{BusDevice, SharedDevice};
+use crate::devices::pci::config::{ConfigChange, PciConfig};
+use crate::devices::pci::msix::{MsixEvent, MsixState, MSIX_MSG_CTRL};
+use crate::devices::pci::root::PciFunction;
+
+/// BAR1's layout (QEMU's exclusive MSI-X BAR): table at 0, PBA at 0x800.
+pub const BAR1_SIZE: u64 = 4096;
+pub const MSIX_TABLE_OFFSET: u64 = 0;
+pub const MSIX_PBA_OFFSET: u64 = 0x800;
+
+/// Routes MMIO on one BAR (0 or 1) to the device. Holds a weak reference
+/// so the device, which owns its handlers, is not kept alive by them.
+pub struct BarHandler {
+    dev: Weak<Mutex<IvshmemDevice>>,
+    bar: usize,
+}
+
+impl BusDevice for BarHandler {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match self.dev.upgrade() {
+            Some(dev) => dev
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .bar_read(self.bar, offset, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let Some(dev) = self.dev.upgrade() {
+            dev.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .bar_write(self.bar, offset, data);
+        }
+    }
+}
+
+/// Where one BAR is mapped right now (None: not mapped).
+#[derive(Default)]
+struct Mapped {
+    at: Option<u64>,
+}
+
+pub struct IvshmemDevice {
+    index: usize,
+    config: PciConfig,
+    regs: Registers,
+    env: IvshmemEnv,
+    mapping: ShmMapping,
+    /// How much of BAR2 the mapping backs (the rest reads all-ones).
+    bar2_backed: u64,
+    bar2_slot: u32,
+    msix: Option<MsixState>,
+    msix_cap: Option<u8>,
+    pub(super) doorbell: Option<Doorbell>,
+    handlers: [Option<SharedDevice>; 2],
+    mapped: [Mapped; 3],
+    /// Doorbell writes seen in plain mode (ignored, counted).
+    plain_doorbells: u64,
+}
+
+/// What the device is built from (see `Ivshmem::new`).
+pub struct DeviceParts {
+    pub index: usize,
+    pub config: PciConfig,
+    pub ivposition: u16,
+    pub env: IvshmemEnv,
+    pub mapping: ShmMapping,
+    pub bar2_backed: u64,
+    pub bar2_slot: u32,
+    pub msix: Option<(MsixState, u8)>,
+    pub doorbell: Option<Doorbell>,
+}
+
+impl IvshmemDevice {
+    /// Builds the device and maps its BARs where the config says.
+    pub fn create(parts: DeviceParts) -> Arc<Mutex<IvshmemDevice>> {
+        let (msix, msix_cap) = match parts.msix {
+            Some((state, cap)) => (Some(state), Some(cap)),
+            None => (None, None),
+        };
+        let has_bar1 = msix.is_some();
+        let dev = Arc::new(Mutex::new(IvshmemDevice {
+            index: parts.index,
+            config: parts.config,
+            regs: Registers::new(parts.ivposition),
+            env: parts.env,
+            mapping: parts.mapping,
+            bar2_backed: parts.bar2_backed,
+            bar2_slot: parts.bar2_slot,
+            msix,
+            msix_cap,
+            doorbell: parts.doorbell,
+            handlers: [None, None],
+            mapped: Default::default(),
+            plain_doorbells: 0,
+        }));
+        {
+            let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
+            let weak = Arc::downgrade(&dev);
+            d.handlers[0] = Some(Arc::new(Mutex::new(BarHandler {
+                dev: weak.clone(),
+                bar: 0,
+            })));
+            if has_bar1 {
+                d.handlers[1] = Some(Arc::new(Mutex::new(BarHandler { dev: weak, bar: 1 })));
+            }
+            d.sync_mappings();
+            d.sync_all_vectors();
+        }
+        dev
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn plain_doorbells(&self) -> u64 {
+        self.plain_doorbells
+    }
+
+    /// Guest MMIO read on BAR `bar`.
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        match (bar, &self.msix) {
+            (0, _) => self.regs.read(offset, data),
+            (1, Some(msix)) if offset >= MSIX_PBA_OFFSET => {
+                msix.read_pba(offset - MSIX_PBA_OFFSET, data)
+            }
+            (1, Some(msix)) => msix.read_table(offset - MSIX_TABLE_OFFSET, data),
+            _ => data.fill(0xff),
+        }
+    }
+
+    /// Guest MMIO write on BAR `bar`.
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        match bar {
+            0 => {
+                if let Some(value) = self.regs.write(offset, data) {
+                    self.doorbell_write(value);
+                }
+            }
+            1 if offset < MSIX_PBA_OFFSET => {
+                let events = match &mut self.msix {
+                    Some(msix) => msix.write_table(offset - MSIX_TABLE_OFFSET, data),
+                    None => return,
+                };
+                self.apply_msix_events(&events);
+            }
+            _ => {} // PBA writes are ignored.
+        }
+    }
+
+    /// A doorbell write that reached us: KVM matched no ioeventfd, so the
+    /// peer or vector is unknown (or we're in plain mode). Dropped, counted.
+    fn doorbell_write(&mut self, value: u32) {
+        match &self.doorbell {
+            Some(db) => {
+                let n = db.stats.unmatched.fetch_add(1, Ordering::Relaxed) + 1;
+                let (peer, vector) = doorbell_target(value);
+                if n <= 8 || n.is_power_of_two() {
+                    log::info!(
+                        "ivshmem{}: doorbell to peer {peer} vector {vector} matches no connected peer/vector; dropped ({n} so far)",
+                        self.index
+                    );
+                }
+            }
+            None => self.plain_doorbells += 1,
+        }
+    }
+
+    /// Applies MSI-X state changes: routes, irqfds, pending injections.
+    fn apply_msix_events(&mut self, events: &[MsixEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let (Some(msix), Some(db)) = (&mut self.msix, &mut self.doorbell) else {
+            return;
+        };
+        let all = events.iter().any(|e| {
+            matches!(
+                e,
+                MsixEvent::Enabled
+                    | MsixEvent::Disabled
+                    | MsixEvent::FunctionMasked
+                    | MsixEvent::FunctionUnmasked
+            )
+        });
+        let mut watch_changed = false;
+        for v in 0..db.vectors() {
+            let touched = all
+                || events.iter().any(|e| match e {
+                    MsixEvent::EntryUpdated { vector }
+                    | MsixEvent::Masked { vector }
+                    | MsixEvent::Unmasked { vector } => *vector == v,
+                    _ => false,
+                });
+            if touched {
+                watch_changed |= db.sync_vector(v, msix);
+            }
+        }
+        for v in msix.take_newly_deliverable(events) {
+            if v < db.vectors() {
+                db.stats.pending_injected.fetch_add(1, Ordering::Relaxed);
+                db.inject(msix, v);
+            }
+        }
+        if watch_changed {
+            db.notify_watch_changed();
+        }
+    }
+
+    fn sync_all_vectors(&mut self) {
+        let (Some(msix), Some(db)) = (&self.msix, &mut self.doorbell) else {
+            return;
+        };
+        for v in 0..db.vectors() {
+            db.sync_vector(v, msix);
+        }
+        db.notify_watch_changed();
+    }
+
+    /// The event loop saw a masked vector's eventfd fire.
+    pub fn vector_event(&mut self, v: u16) {
+        if let (Some(msix), Some(db)) = (&mut self.msix, &mut self.doorbell) {
+            db.on_vector_event(v, msix);
+        }
+    }
+
+    /// Makes MMIO ranges, the memory slot and doorbells match the config:
+    /// each BAR is mapped at its programmed address while memory decode is
+    /// on and the address is usable, and unmapped otherwise.
+    fn sync_mappings(&mut self) {
+        let decode = self.config.memory_enabled();
+        for bar in 0..3usize {
+            let Some(b) = self.config.bar(bar) else {
+                continue;
+            };
+            let want = (decode && self.env.bar_address_usable(b.addr, b.size)).then_some(b.addr);
+            let have = self.mapped[bar].at;
+            if want == have {
+                continue;
+            }
+            if let Some(old) = have {
+                self.unmap(bar, old);
+            }
+            if let Some(new) = want {
+                self.map(bar, new);
+            }
+        }
+        let doorbell_at = self.mapped[0].at.map(|a| a + DOORBELL);
+        if let Some(db) = &mut self.doorbell {
+            db.set_doorbell_address(doorbell_at);
+        }
+    }
+
+    fn map(&mut self, bar: usize, addr: u64) {
+        let ok = match bar {
+            2 => self.set_slot(addr, self.bar2_backed),
+            _ => match &self.handlers[bar] {
+                Some(h) => {
+                    let size = if bar == 0 { BAR0_SIZE } else { BAR1_SIZE };
+                    match self.env.mmio.insert(addr, size, h.clone()) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            log::info!(
+                                "ivshmem{}: BAR{bar} at {addr:#x} not mapped: {e}",
+                                self.index
+                            );
+                            false
+                        }
+                    }
+                }
+                None => false,
+            },
+        };
+        if ok {
+            self.mapped[bar].at = Some(addr);
+        }
+    }
+
+    fn unmap(&mut self, bar: usize, addr: u64) {
+        match bar {
+            2 => {
+                self.set_slot(addr, 0);
+            }
+            _ => {
+                let _ = self.env.mmio.remove(addr);
+            }
+        }
+        self.mapped[bar].at = None;
+    }
+
+    /// Maps (size > 0) or removes (size 0) BAR2's memory slot.
+    fn set_slot(&self, addr: u64, size: u64) -> bool {
+        let region = kvm_userspace_memory_region {
+            slot: self.bar2_slot,
+            guest_phys_addr: addr,
+            memory_size: size,
+            userspace_addr: self.mapping.host_addr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the mapping is owned by this device and outlives the slot:
+        // the slot is removed before the device (and the VM) go away, and
+        // KVM never touches it after the VM fd is closed.
+        match unsafe { self.env.vm.set_user_memory_region(region) } {
+            Ok(()) => true,
+            Err(e) => {
+                log::info!(
+                    "ivshmem{}: BAR2 at {addr:#x} not mapped (overlaps other memory?): {e}",
+                    self.index
+                );
+                false
+            }
+        }
+    }
+}
+
+impl PciFunction for IvshmemDevice {
+    fn config_read(&mut self, offset: u16, size: u8) -> u32 {
+        self.config.read(offset, size)
+    }
+
+    fn config_write(&mut self, offset: u16, size: u8, value: u32) {
+        let changes = self.config.write(offset, size, value);
+        let mut remap = false;
+        for change in changes {
+            match change {
+                ConfigChange::BarMoved { .. } | ConfigChange::MemoryDecode(_) => remap = true,
+                ConfigChange::Capability { cap_offset, .. }
+                    if Some(cap_offset) == self.msix_cap =>
+                {
+                    let ctrl = self.config.read(u16::from(cap_offset) + MSIX_MSG_CTRL, 2) as u16;
+                    let events = match &mut self.msix {
+                        Some(msix) => msix.write_control(ctrl),
+                        None => Vec::new(),
+                    };
+                    self.apply_msix_events(&events);
+                }
+                ConfigChange::Capability { .. } => {}
+            }
+        }
+        if remap {
+            self.sync_mappings();
+        }
+    }
+}
+
+impl Drop for IvshmemDevice {
+    fn drop(&mut self) {
+        if let Some(addr) = self.mapped[2].at {
+            self.set_slot(addr, 0);
+        }
+    }
+}

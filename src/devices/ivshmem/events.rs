@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! The event-loop side of a doorbell device: messages from the server
+//! (peers joining and leaving), and the eventfds of masked vectors.
+//!
+//! Unmasked vectors are *not* watched here — their eventfds are KVM irqfds
+//! and the loop never wakes for them.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::device::IvshmemDevice;
+use crate::protocol::{PeerConnection, PeerEvent};
+
+pub struct DoorbellEvents {
+    dev: Arc<Mutex<IvshmemDevice>>,
+    conn: PeerConnection,
+    server: PathBuf,
+    watch_changed: EventFd,
+    /// Vector → fd currently in the epoll set.
+    watched: BTreeMap<u16, RawFd>,
+    server_gone: bool,
+}
+
+impl DoorbellEvents {
+    pub fn new(
+        dev: Arc<Mutex<IvshmemDevice>>,
+        conn: PeerConnection,
+        server: PathBuf,
+        watch_changed: EventFd,
+    ) -> Self {
+        DoorbellEvents {
+            dev,
+            conn,
+            server,
+            watch_changed,
+            watched: BTreeMap::new(),
+            server_gone: false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, IvshmemDevice> {
+        self.dev.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the epoll set hold exactly the unattached vectors' eventfds.
+    fn reconcile(&mut self, ops: &mut EventOps) {
+        let want: BTreeMap<u16, RawFd> = match &self.lock().doorbell {
+            Some(db) => db.watched_fds().into_iter().collect(),
+            None => BTreeMap::new(),
+        };
+        let stale: Vec<(u16, RawFd)> = self
+            .watched
+            .iter()
+            .filter(|(v, fd)| want.get(v) != Some(fd))
+            .map(|(v, fd)| (*v, *fd))
+            .collect();
+        for (v, fd) in stale {
+            let _ = ops.remove(Events::new_raw(fd, EventSet::IN));
+            self.watched.remove(&v);
+        }
+        for (v, fd) in want {
+            if self.watched.contains_key(&v) {
+                continue;
+            }
+            match ops.add(Events::new_raw(fd, EventSet::IN)) {
+                Ok(()) => {
+                    self.watched.insert(v, fd);
+                }
+                Err(e) => log::warn!("ivshmem: can't watch vector {v}: {e:?}"),
+            }
+        }
+    }
+
+    fn server_messages(&mut self, ops: &mut EventOps) {
+        let events = self.conn.read_events();
+        let mut gone = false;
+        let mut dev = self.dev.lock().unwrap_or_else(|e| e.into_inner());
+        for event in events {
+            match event {
+                PeerEvent::PeerJoined { id, vector, fd } => {
+                    if let Some(db) = &mut dev.doorbell {
+                        db.peer_joined(id, vector, fd);
+                    }
+                }
+                PeerEvent::PeerLeft { id } => {
+                    if let Some(db) = &mut dev.doorbell {
+                        db.peer_left(id);
+                    }
+                }
+                PeerEvent::ServerGone => gone = true,
+            }
+        }
+        drop(dev);
+        if gone {
+            self.server_gone = true;
+            let _ = ops.remove(Events::new(&self.conn, EventSet::IN));
+            log::warn!(
+                "ivshmem server {} went away: the VM keeps running with the peers it has; new peers can't join until the VM restarts",
+                self.server.display()
+            );
+        }
+    }
+}
+
+impl MutEventSubscriber for DoorbellEvents {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.conn, EventSet::IN)) {
+            log::error!("ivshmem: can't watch the server connection: {e:?}");
+        }
+        if let Err(e) = ops.add(Events::new(&self.watch_changed, EventSet::IN)) {
+            log::error!("ivshmem: can't watch vector mask changes: {e:?}");
+        }
+        self.reconcile(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.conn.as_raw_fd() {
+            if !self.server_gone {
+                self.server_messages(ops);
+            }
+        } else if fd == self.watch_changed.as_raw_fd() {
+            let _ = self.watch_changed.read();
+            self.reconcile(ops);
+        } else if let Some(v) = self
+            .watched
+            .iter()
+            .find(|(_, f)| **f == fd)
+            .map(|(v, _)| *v)
+        {
+            self.lock().vector_event(v);
+        }
+    }
+}
