@@ -1,0 +1,201 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Shared helpers for integration tests: find the binaries and guests, run
+//! VMs with a deadline, and insist loudly on /dev/kvm.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn ivvmm() -> &'static str {
+    env!("CARGO_BIN_EXE_ivvmm")
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The test guest as a bzImage (the Linux boot path) or a PVH ELF.
+pub fn testguest(pvh: bool) -> PathBuf {
+    let name = if pvh {
+        "testguest.pvh.elf"
+    } else {
+        "testguest.bzImage"
+    };
+    let path = repo().join("guest/testguest/build").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup (or make -C guest/testguest)",
+        path.display()
+    );
+    path
+}
+
+/// Fails the test unless /dev/kvm can be opened. Set IVVMM_SKIP_KVM_TESTS=1
+/// to skip (loudly) on a machine without KVM.
+pub fn require_kvm() -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("IVVMM_SKIP_KVM_TESTS").is_some() => {
+            eprintln!("SKIPPED: this test boots a VM and /dev/kvm is not usable ({e})");
+            false
+        }
+        Err(e) => panic!(
+            "this test boots a VM and /dev/kvm is not usable ({e}); \
+             run on a KVM host, or set IVVMM_SKIP_KVM_TESTS=1 to skip VM tests"
+        ),
+    }
+}
+
+/// True when KVM is the PVM software implementation (no VMX/SVM): Linux
+/// can't boot there.
+pub fn kvm_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// What a finished process left.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+
+    /// The value of `key=` on the first stdout line that starts with `prefix`.
+    pub fn field(&self, prefix: &str, key: &str) -> Option<String> {
+        let line = self.stdout.lines().find(|l| l.starts_with(prefix))?;
+        field_of(line, key)
+    }
+
+    pub fn passed(&self) -> bool {
+        self.stdout.lines().any(|l| l.trim_end() == "PASS") && self.code() == 0
+    }
+}
+
+/// `key=value` out of a space-separated line.
+pub fn field_of(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+/// Waits for `child` up to `timeout`; kills it if it runs over.
+pub fn wait_with_deadline(mut child: Child, timeout: Duration) -> Outcome {
+    let start = Instant::now();
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(o) = out.as_mut() {
+            let _ = o.read_to_string(&mut s);
+        }
+        s
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let status = child.wait().expect("wait after kill");
+            let stdout = out_thread.join().unwrap_or_default();
+            let stderr = err_thread.join().unwrap_or_default();
+            panic!(
+                "process ran over its {timeout:?} deadline and was killed ({status})\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Outcome {
+        status,
+        stdout: out_thread.join().unwrap_or_default(),
+        stderr: err_thread.join().unwrap_or_default(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Starts ivvmm with `args`, stdin from `input` (or /dev/null).
+pub fn spawn_ivvmm(args: &[&str], input: Option<&[u8]>) -> Child {
+    let mut cmd = Command::new(ivvmm());
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = cmd.spawn().expect("spawn ivvmm");
+    if let Some(bytes) = input {
+        let mut stdin = child.stdin.take().expect("stdin");
+        let bytes = bytes.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&bytes);
+            // Keep stdin open a little so the guest sees the bytes before EOF.
+            std::thread::sleep(Duration::from_secs(1));
+        });
+    }
+    child
+}
+
+/// Runs ivvmm to completion within `timeout`.
+pub fn run_ivvmm(args: &[&str], timeout: Duration) -> Outcome {
+    wait_with_deadline(spawn_ivvmm(args, None), timeout)
+}
+
+/// Boots the test guest (bzImage) with `test` on its command line.
+pub fn boot_test(test: &str, extra: &[&str]) -> Outcome {
+    let kernel = testguest(false);
+    let kernel = kernel.to_str().expect("utf-8 path");
+    let cmdline = format!("test={test}");
+    let mut args = vec!["--kernel", kernel, "--cmdline", &cmdline];
+    args.extend_from_slice(extra);
+    run_ivvmm(&args, Duration::from_secs(60))
+}
+
+/// A name unique to this test process, for shm objects and sockets.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Removes /dev/shm/NAME when dropped.
+pub struct ShmGuard(pub String);
+
+impl ShmGuard {
+    pub fn new(prefix: &str) -> Self {
+        ShmGuard(unique(prefix))
+    }
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/dev/shm").join(&self.0)
+    }
+}
+
+impl Drop for ShmGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.path());
+    }
+}
