@@ -1,0 +1,16 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+// Cases not written yet: they fail loudly rather than pass.
+#include "common.h"
+#include "tests.h"
+
+void test_smp(void) { fail("not implemented yet"); }
+void test_serial_echo(void) { fail("not implemented yet"); }
+void test_ivshmem_ids(void) { fail("not implemented yet"); }
+void test_ivshmem_regs(void) { fail("not implemented yet"); }
+void test_ivshmem_data(void) { fail("not implemented yet"); }
+void test_ivshmem_move(void) { fail("not implemented yet"); }
+void test_ivshmem_decode(void) { fail("not implemented yet"); }
+void test_ivshmem_bw(void) { fail("not implemented yet"); }
+void test_pingpong(void) { fail("not implemented yet"); }
+void test_msix_mask(void) { fail("not implemented yet"); }
+void test_doorbell_bad(void) { fail("not implemented yet"); }
