@@ -153,6 +153,8 @@ gdt:
 gdt_tss:
 	.quad	0, 0			/* 0x30 TSS, filled by cpu_init() */
 gdt_end:
+	.globl gdt_limit
+	.set	gdt_limit, gdt_end - gdt - 1
 	.balign 8
 	.globl gdt_ptr
 gdt_ptr:

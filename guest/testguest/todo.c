@@ -3,8 +3,6 @@
 #include "common.h"
 #include "tests.h"
 
-void test_smp(void) { fail("not implemented yet"); }
-void test_serial_echo(void) { fail("not implemented yet"); }
 void test_ivshmem_ids(void) { fail("not implemented yet"); }
 void test_ivshmem_regs(void) { fail("not implemented yet"); }
 void test_ivshmem_data(void) { fail("not implemented yet"); }
