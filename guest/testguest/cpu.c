@@ -32,7 +32,7 @@ struct desc_ptr {
 extern u64 gdt_tss[2];
 extern const char isr_stubs[];
 extern const char msix_stubs[];
-extern const char user_ret_isr[];
+extern const char ud_entry[];
 
 volatile u32 irq_count[256];
 exception_hook_fn exception_hook;
@@ -75,7 +75,7 @@ void cpu_init(void)
 		set_gate(v, isr_stubs + 16 * v, 0x8e);
 	for (int v = 0; v < VEC_MSIX_COUNT; v++)
 		set_gate(VEC_MSIX_BASE + v, msix_stubs + 32 * v, 0x8e);
-	set_gate(VEC_USER_RET, user_ret_isr, 0xee);
+	set_gate(6, ud_entry, 0x8e);	/* #UD doubles as the way back from CPL3 */
 	cpu_load_idt();
 }
 

@@ -9,7 +9,7 @@
  *   possible handler (EOI, count, iretq); the ping-pong round trip is
  *   measured through these and compared with a bare-KVM floor program.
  * run_user(fn, arg, stack_top, rflags): runs fn(arg) at CPL3 and returns its
- *   result once fn returns (through int $VEC_USER_RET).
+ *   result once fn returns (through a deliberate ud2, see user_exit).
  */
 #include "layout.h"
 
@@ -115,16 +115,30 @@ run_user:
 	movq	%rsi, %rdi
 	iretq
 
-	/* CPL3: hand the result to the kernel. */
+	/*
+	 * CPL3: hand the result to the kernel by faulting on purpose. On PVM
+	 * neither int $n (#UD) nor syscall (lands at LSTAR still at CPL3)
+	 * leaves user mode, but exceptions are delivered properly.
+	 */
+	.globl user_exit_ud2
 user_exit:
 	movq	%rax, %rdi
-	int	$VEC_USER_RET
+user_exit_ud2:
 	ud2
 
-	/* Gate VEC_USER_RET (DPL3): drop the user frame, resume run_user's caller. */
+	/*
+	 * #UD entry: the ud2 at user_exit_ud2 from CPL3 means "user function
+	 * done"; anything else is a real #UD for isr_common.
+	 */
 	.balign 16
-	.globl user_ret_isr
-user_ret_isr:
+	.globl ud_entry
+ud_entry:
+	pushq	$0
+	pushq	$6
+	cmpq	$USER_CS, 24(%rsp)
+	jne	isr_common
+	cmpq	$user_exit_ud2, 16(%rsp)
+	jne	isr_common
 	movq	%rdi, %rax
 	movq	user_saved_rsp(%rip), %rsp
 	popq	%r15

@@ -35,7 +35,6 @@
 #define VEC_TIMER	0x31
 #define VEC_MSIX_BASE	0x40	/* MSI-X entry v uses vector 0x40 + v */
 #define VEC_MSIX_COUNT	32
-#define VEC_USER_RET	0x80	/* int from CPL3: leave user mode */
 #define VEC_SPURIOUS	0xff
 
 #define LAPIC_BASE	0xfee00000

@@ -3,12 +3,6 @@
 #include "common.h"
 #include "tests.h"
 
-void test_ivshmem_ids(void) { fail("not implemented yet"); }
-void test_ivshmem_regs(void) { fail("not implemented yet"); }
-void test_ivshmem_data(void) { fail("not implemented yet"); }
-void test_ivshmem_move(void) { fail("not implemented yet"); }
-void test_ivshmem_decode(void) { fail("not implemented yet"); }
-void test_ivshmem_bw(void) { fail("not implemented yet"); }
 void test_pingpong(void) { fail("not implemented yet"); }
 void test_msix_mask(void) { fail("not implemented yet"); }
 void test_doorbell_bad(void) { fail("not implemented yet"); }
