@@ -77,6 +77,11 @@ void cpu_init(void)
 		set_gate(VEC_MSIX_BASE + v, msix_stubs + 32 * v, 0x8e);
 	set_gate(6, ud_entry, 0x8e);	/* #UD doubles as the way back from CPL3 */
 	cpu_load_idt();
+	/*
+	 * A BIOS leaves the 8259s at vector base 8 with the PIT running: once
+	 * we sti, IRQ0 would arrive as a fake #DF. Only the IOAPIC/MSI deliver.
+	 */
+	pic_mask_all();
 }
 
 static const char *exception_name(u64 v)

@@ -20,6 +20,16 @@
 #define HOST_PATTERN	0x1111222233334444ull
 #define GUEST_PATTERN	0x5555666677778888ull
 
+/* Rendezvous layout in BAR2 for the doorbell cases (see README). */
+#define SHM_PONG	0x000	/* u32 "PONG", u32 id, u64 nonce, u64 ready */
+#define SHM_PING	0x040	/* u32 "PING", u32 id, u64 echo of PONG's nonce */
+#define SHM_MASK	0x080	/* u32 "MASK", u32 id (msix-mask: ring me now) */
+#define SHM_DONE	0x0c0	/* u32 "DONE" (ping finished) */
+#define SHM_PING_SEQ	0x100	/* u64, mode=poll */
+#define SHM_PONG_SEQ	0x140	/* u64, mode=poll */
+#define SHM_SAMPLES	0x10000	/* u32 latency per round, ping side */
+#define MAGIC(a, b, c, d) ((u32)(a) | (u32)(b) << 8 | (u32)(c) << 16 | (u32)(d) << 24)
+
 struct ivshmem_dev {
 	struct pci_fn f;
 	struct pci_bar bar[3];	/* BAR0 registers, BAR1 MSI-X, BAR2 memory */
