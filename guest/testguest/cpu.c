@@ -3,6 +3,7 @@
 // exception report, and the shared interrupt counter.
 #include "cpu.h"
 #include "apic.h"
+#include "mm.h"
 
 struct tss64 {
 	u32 reserved0;
@@ -14,49 +15,24 @@ struct tss64 {
 	u16 iomap_base;
 } __attribute__((packed));
 
-struct idt_entry {
-	u16 off_lo;
-	u16 sel;
-	u8 ist;
-	u8 type;
-	u16 off_mid;
-	u32 off_hi;
-	u32 reserved;
-} __attribute__((packed));
-
 struct desc_ptr {
 	u16 limit;
 	u64 base;
 } __attribute__((packed));
 
 extern u64 gdt_tss[2];
-extern const char isr_stubs[];
-extern const char msix_stubs[];
-extern const char ud_entry[];
+extern const char idt[], idt_end[];	/* built complete in isr.S */
 
 volatile u32 irq_count[256];
 exception_hook_fn exception_hook;
 
 static struct tss64 tss NOINIT;
-static struct idt_entry idt[256] NOINIT;
 static u8 int_stack[STACK_SIZE] __attribute__((aligned(16))) NOINIT;
 static u8 user_stack[4 * STACK_SIZE] __attribute__((aligned(16))) NOINIT;
 
-static void set_gate(int vec, const void *handler, u8 type)
-{
-	u64 a = (u64)handler;
-	idt[vec].off_lo = (u16)a;
-	idt[vec].sel = KERNEL_CS;
-	idt[vec].ist = 0;
-	idt[vec].type = type;
-	idt[vec].off_mid = (u16)(a >> 16);
-	idt[vec].off_hi = (u32)(a >> 32);
-	idt[vec].reserved = 0;
-}
-
 void cpu_load_idt(void)
 {
-	struct desc_ptr p = { sizeof(idt) - 1, (u64)idt };
+	struct desc_ptr p = { (u16)(idt_end - idt - 1), (u64)idt };
 	__asm__ volatile("lidt %0" ::"m"(p));
 }
 
@@ -71,17 +47,13 @@ void cpu_init(void)
 	gdt_tss[1] = base >> 32;
 	__asm__ volatile("ltr %w0" ::"r"(TSS_SEL));
 
-	for (int v = 0; v < 256; v++)
-		set_gate(v, isr_stubs + 16 * v, 0x8e);
-	for (int v = 0; v < VEC_MSIX_COUNT; v++)
-		set_gate(VEC_MSIX_BASE + v, msix_stubs + 32 * v, 0x8e);
-	set_gate(6, ud_entry, 0x8e);	/* #UD doubles as the way back from CPL3 */
 	cpu_load_idt();
 	/*
 	 * A BIOS leaves the 8259s at vector base 8 with the PIT running: once
 	 * we sti, IRQ0 would arrive as a fake #DF. Only the IOAPIC/MSI deliver.
 	 */
 	pic_mask_all();
+	map_high_ram();
 }
 
 static const char *exception_name(u64 v)

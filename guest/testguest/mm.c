@@ -89,3 +89,12 @@ void map_range(u64 addr, u64 size)
 	}
 	reload_cr3();
 }
+
+void map_high_ram(void)
+{
+	for (u32 i = 0; i < boot.e820_count; i++) {
+		const struct e820_entry *e = &boot.e820[i];
+		if (e->type == E820_RAM && e->addr + e->size > 4 * GIB)
+			map_range(e->addr, e->size);
+	}
+}

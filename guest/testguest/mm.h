@@ -11,6 +11,8 @@
  * Fails the test if the range is beyond the physical address width.
  */
 void map_range(u64 addr, u64 size);
+/* Maps every e820 RAM range above 4 GiB (below is mapped statically). */
+void map_high_ram(void);
 /* Physical address bits from CPUID 0x80000008. */
 u32 phys_addr_bits(void);
 
