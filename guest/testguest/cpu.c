@@ -24,7 +24,6 @@ extern u64 gdt_tss[2];
 extern const char idt[], idt_end[];	/* built complete in isr.S */
 
 volatile u32 irq_count[256];
-exception_hook_fn exception_hook;
 
 static struct tss64 tss NOINIT;
 static u8 int_stack[STACK_SIZE] __attribute__((aligned(16))) NOINIT;
@@ -69,8 +68,6 @@ static const char *exception_name(u64 v)
 void isr_dispatch(struct frame *f)
 {
 	if (f->vector < 32) {
-		if (exception_hook && exception_hook(f))
-			return;
 		u64 cr2;
 		__asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
 		fail("exception vec=%lu name=%s err=0x%lx rip=0x%lx cs=0x%lx rsp=0x%lx cr2=0x%lx",

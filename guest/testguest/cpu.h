@@ -19,13 +19,6 @@ void cpu_init(void);
 /* Loads the shared IDT on an application processor. */
 void cpu_load_idt(void);
 
-/*
- * Called for exceptions before the default FAIL report; return true if the
- * exception was expected and the frame was fixed up to continue.
- */
-typedef bool (*exception_hook_fn)(struct frame *f);
-extern exception_hook_fn exception_hook;
-
 #define RFLAGS_IF 0x200
 /* Runs fn(arg) at CPL3 on a user stack, with the given RFLAGS (IF or not). */
 u64 run_user(u64 (*fn)(u64), u64 arg, u64 stack_top, u64 rflags);

@@ -26,6 +26,12 @@ static bool timed_out(void) { return irq_count[VEC_TIMER] != 0; }
 
 /* ---- rendezvous (CPL3) ---- */
 
+/*
+ * Pong publishes {PONG, id, nonce}; ping answers {PING, id, echo of that
+ * nonce, its own fresh nonce}; pong then copies ping's nonce into "ready".
+ * Both nonces are fresh rdtsc values, so leftovers of an earlier run (a
+ * crashed peer) can never pair this ping with a stale pong or vice versa.
+ */
 static u64 pong_rendezvous(u64 arg)
 {
 	struct pp *p = (struct pp *)arg;
@@ -36,7 +42,7 @@ static u64 pong_rendezvous(u64 arg)
 		if (*shm32(p, SHM_PING) == MAGIC('P', 'I', 'N', 'G') &&
 		    *shm64(p, SHM_PING + 8) == nonce) {
 			p->peer = *shm32(p, SHM_PING + 4);
-			*shm64(p, SHM_PONG + 16) = 1;	/* ready: ping may ring now */
+			*shm64(p, SHM_PONG + 16) = *shm64(p, SHM_PING + 16);
 			return 1;
 		}
 		pause();
@@ -46,7 +52,7 @@ static u64 pong_rendezvous(u64 arg)
 static u64 ping_rendezvous(u64 arg)
 {
 	struct pp *p = (struct pp *)arg;
-	u64 echoed = 0;
+	u64 echoed = 0, mine = rdtsc() | 1;
 	for (;;) {
 		if (timed_out())
 			return 0;
@@ -57,9 +63,10 @@ static u64 ping_rendezvous(u64 arg)
 				*shm32(p, SHM_PING) = 0;
 				*shm32(p, SHM_PING + 4) = p->me;
 				*shm64(p, SHM_PING + 8) = nonce;
+				*shm64(p, SHM_PING + 16) = mine;
 				*shm32(p, SHM_PING) = MAGIC('P', 'I', 'N', 'G');
 				echoed = nonce;
-			} else if (*shm64(p, SHM_PONG + 16) == 1) {
+			} else if (*shm64(p, SHM_PONG + 16) == mine) {
 				p->peer = *shm32(p, SHM_PONG + 4);
 				return 1;
 			}
