@@ -29,7 +29,7 @@ hdr_header:		.ascii "HdrS"
 hdr_version:		.word 0x020c		/* 2.12: xloadflags */
 hdr_realmode_swtch:	.long 0
 hdr_start_sys_seg:	.word 0x1000
-hdr_kernel_version:	.word kernel_version_str - 0x200
+hdr_kernel_version:	.word kernel_version_str - setup_start - 0x200
 hdr_type_of_loader:	.byte 0
 hdr_loadflags:		.byte 0x01		/* LOADED_HIGH */
 hdr_setup_move_size:	.word 0x8000
