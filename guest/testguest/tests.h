@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause */
+/* Every test case. Each returns to pass, or calls fail()/exit_vm(). */
+#ifndef TESTGUEST_TESTS_H
+#define TESTGUEST_TESTS_H
+
+void test_hello(void);
+void test_exit(void);
+void test_pci(void);
+void test_reboot(void);
+void test_triplefault(void);
+void test_smp(void);
+void test_serial_echo(void);
+void test_ivshmem_ids(void);
+void test_ivshmem_regs(void);
+void test_ivshmem_data(void);
+void test_ivshmem_move(void);
+void test_ivshmem_decode(void);
+void test_ivshmem_bw(void);
+void test_pingpong(void);
+void test_msix_mask(void);
+void test_doorbell_bad(void);
+
+#endif

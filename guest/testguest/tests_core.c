@@ -1,0 +1,59 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+// VMM core cases: hello, exit, pci, reboot, triplefault.
+#include "common.h"
+#include "pci.h"
+#include "tests.h"
+
+void test_hello(void)
+{
+	kputs("Hello from testguest\n");
+}
+
+void test_exit(void)
+{
+	u64 code = param_u64("code", 0);
+	if (code > 255)
+		fail("code=%lu does not fit in a byte", code);
+	kprintf("exit code=%lu\n", code);
+	exit_vm((u8)code);
+}
+
+void test_pci(void)
+{
+	struct pci_fn fns[256];
+	int n = pci_scan(fns, ARRAY_SIZE(fns));
+	bool host_bridge = false;
+	for (int i = 0; i < n && i < (int)ARRAY_SIZE(fns); i++) {
+		struct pci_fn f = fns[i];
+		u32 class_rev = pci_read32(f, 0x08);
+		u32 class = class_rev >> 8;
+		kprintf("pci 00:%02x.%x vendor=%04x device=%04x class=%06x rev=%02x hdr=%02x\n",
+			f.dev, f.fn, pci_read16(f, PCI_VENDOR), pci_read16(f, PCI_DEVICE), class,
+			class_rev & 0xff, pci_read8(f, PCI_HEADER));
+		if (f.dev == 0 && f.fn == 0 && (class >> 8) == 0x0600)
+			host_bridge = true;
+	}
+	kprintf("pci functions=%d\n", n);
+	if (!host_bridge)
+		fail("00:00.0 is not a host bridge (class 0600xx)");
+}
+
+void test_reboot(void)
+{
+	kputs("reboot: writing 0xfe to port 0x64\n");
+	outb(0x64, 0xfe);
+	/* The VMM may act on the reset a little later: give it a second. */
+	udelay(1000000);
+	fail("still running 1s after the i8042 reset command");
+}
+
+void test_triplefault(void)
+{
+	struct {
+		u16 limit;
+		u64 base;
+	} __attribute__((packed)) empty = { 0, 0 };
+	kputs("triplefault: empty IDT, then ud2\n");
+	__asm__ volatile("lidt %0; ud2" ::"m"(empty));
+	fail("still running after a triple fault");
+}
