@@ -62,9 +62,11 @@ pub struct VmArgs {
     #[arg(long, value_name = "PATH")]
     pub shm_path: Option<PathBuf>,
 
-    /// Size of the --shm/--shm-path region: a power of two, at least 4K.
-    #[arg(long, value_name = "SIZE", default_value = DEFAULT_SHM_SIZE)]
-    pub size: String,
+    /// Size of the --shm/--shm-path region: a power of two, at least 4K
+    /// [default: 4M]. With --server alone: the BAR size, which the server's
+    /// memory must cover (default: the server's size).
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
 
     /// ivshmem-doorbell: join the ivshmem server listening on PATH.
     #[arg(long, value_name = "PATH")]
@@ -166,26 +168,27 @@ impl VmArgs {
             path => SerialChoice::File(PathBuf::from(path)),
         };
         let mut ivshmem = Vec::new();
-        let size_given = self.size != DEFAULT_SHM_SIZE;
+        let size_text = self.size.as_deref().unwrap_or(DEFAULT_SHM_SIZE);
         if let Some(name) = &self.shm {
             ivshmem.push(IvshmemBacking::Shm {
                 name: name.clone(),
-                size: shm_size(&self.size)?,
+                size: shm_size(size_text)?,
             });
         }
         if let Some(path) = &self.shm_path {
             ivshmem.push(IvshmemBacking::Path {
                 path: path.clone(),
-                size: shm_size(&self.size)?,
+                size: shm_size(size_text)?,
             });
         }
         if let Some(socket) = &self.server {
             // --size goes with the shorthand device; with --server alone it
             // is the BAR size the server's memory must cover.
-            let size = if size_given && self.shm.is_none() && self.shm_path.is_none() {
-                Some(shm_size(&self.size)?)
-            } else {
-                None
+            let size = match &self.size {
+                Some(text) if self.shm.is_none() && self.shm_path.is_none() => {
+                    Some(shm_size(text)?)
+                }
+                _ => None,
             };
             ivshmem.push(IvshmemBacking::Server {
                 socket: socket.clone(),

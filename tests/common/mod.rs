@@ -199,3 +199,77 @@ impl Drop for ShmGuard {
         let _ = std::fs::remove_file(self.path());
     }
 }
+
+/// The u64 the host writes at `off` before boot (`test=ivshmem-data` etc.).
+pub fn host_pattern(off: u64) -> u64 {
+    0x1111_2222_3333_4444 ^ off
+}
+
+/// The u64 the guest writes at `off` (four times, with 8/16/32/64-bit stores).
+pub fn guest_pattern(off: u64) -> u64 {
+    0x5555_6666_7777_8888 ^ off
+}
+
+/// Creates `path` with `size` bytes and the host patterns at 0, 4096, size-8.
+pub fn write_host_patterns(path: &Path, size: u64) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.set_len(size).unwrap();
+    for off in [0, 4096, size - 8] {
+        write_u64_at(&f, off, host_pattern(off));
+    }
+}
+
+pub fn write_u64_at(f: &std::fs::File, off: u64, value: u64) {
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&value.to_le_bytes(), off).unwrap();
+}
+
+pub fn read_u64_at(path: &Path, off: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).unwrap();
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, off).unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// Checks what `test=ivshmem-data` wrote: four copies of the guest pattern
+/// at 64, 4096+64 and size-64.
+pub fn check_guest_patterns(path: &Path, size: u64) {
+    for off in [64, 4096 + 64, size - 64] {
+        for k in 0..4 {
+            let got = read_u64_at(path, off + 8 * k);
+            assert_eq!(
+                got,
+                guest_pattern(off),
+                "{}: guest pattern at {off:#x}+{} (store width {})",
+                path.display(),
+                8 * k,
+                [8, 16, 32, 64][k as usize]
+            );
+        }
+    }
+}
+
+/// Every line of stdout that starts with `prefix`.
+pub fn lines_with<'a>(out: &'a Outcome, prefix: &str) -> Vec<&'a str> {
+    out.stdout
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .collect()
+}
+
+/// Lines of the form `check NAME bad ...`.
+pub fn bad_checks(out: &Outcome) -> Vec<&str> {
+    out.stdout
+        .lines()
+        .filter(|l| l.starts_with("check ") && l.split_whitespace().nth(2) == Some("bad"))
+        .collect()
+}
