@@ -67,7 +67,7 @@ fn fake_server(script: Vec<Msg>) -> (PathBuf, JoinHandle<()>) {
     (path, handle)
 }
 
-fn vm_against(path: &PathBuf, extra: &[&str]) -> Outcome {
+fn vm_against(path: &std::path::Path, extra: &[&str]) -> Outcome {
     let k = testguest(false);
     let mut args = vec![
         "--kernel",
