@@ -51,6 +51,8 @@ void test_msix_mask(void)
 	sti();
 
 	volatile u32 *slot = (volatile u32 *)(d->bar[2].addr + SHM_MASK);
+	slot[0] = 0;
+	slot[2] = 0;	/* a RUNG mark left over from an earlier run */
 	slot[1] = id;
 	slot[0] = MAGIC('M', 'A', 'S', 'K');
 	kprintf("msix-mask mask=%s vector=%u id=%u ready\n", names[mode], v, id);
@@ -58,14 +60,15 @@ void test_msix_mask(void)
 	/*
 	 * Wait for the host's ring to show as the pending bit. With MSI-X
 	 * disabled QEMU leaves the event in the eventfd and sets no PBA bit,
-	 * so there a host "RUNG" mark (u32 at SHM_MASK + 8) or the timeout
-	 * ends the wait; enabling must then deliver the held event once.
+	 * so there a host "RUNG" mark for our id (u32 "RUNG" at SHM_MASK + 8,
+	 * u32 id at SHM_MASK + 12) or the timeout ends the wait; enabling must
+	 * then deliver the held event once.
 	 */
 	u64 end = rdtsc() + timeout_ms * 1000 * tsc_per_us();
 	bool pending = false, rung = false;
 	while (rdtsc() < end) {
 		pending = msix_pending(&m, v);
-		rung = slot[2] == MAGIC('R', 'U', 'N', 'G');
+		rung = slot[2] == MAGIC('R', 'U', 'N', 'G') && slot[3] == id;
 		if (pending || (mode == 2 && rung))
 			break;
 		udelay(1000);

@@ -23,7 +23,7 @@
 /* Rendezvous layout in BAR2 for the doorbell cases (see README). */
 #define SHM_PONG	0x000	/* u32 "PONG", u32 id, u64 nonce, u64 ready (= PING's nonce) */
 #define SHM_PING	0x040	/* u32 "PING", u32 id, u64 echo of PONG's nonce, u64 nonce */
-#define SHM_MASK	0x080	/* u32 "MASK", u32 id (msix-mask: ring me now) */
+#define SHM_MASK	0x080	/* u32 "MASK", u32 id (msix-mask: ring me now); host: u32 "RUNG", u32 id */
 #define SHM_DONE	0x0c0	/* u32 "DONE" (ping finished) */
 #define SHM_PING_SEQ	0x100	/* u64, mode=poll */
 #define SHM_PONG_SEQ	0x140	/* u64, mode=poll */
