@@ -94,6 +94,14 @@ const char *param(const char *key)
 	return NULL;
 }
 
+/* Whether `key=value` is on the command line, exactly (value ends at a space). */
+bool param_is(const char *key, const char *value)
+{
+	const char *v = param(key);
+	size_t n = strlen(value);
+	return v && str_eq_n(v, value, n) && (v[n] == 0 || v[n] == ' ');
+}
+
 u64 param_u64(const char *key, u64 dflt)
 {
 	const char *v = param(key);

@@ -112,6 +112,7 @@ void boot_parse(u32 kind, u64 info);
 /* Value of the first "key=value" word on the command line, or NULL. */
 const char *param(const char *key);
 u64 param_u64(const char *key, u64 dflt);
+bool param_is(const char *key, const char *value);
 bool e820_is_ram(u64 addr, u64 size);
 u64 e820_ram_top(void);
 
