@@ -139,9 +139,6 @@ fn stdin_reaches_the_guest_through_irq4() {
             break;
         }
     }
-    // The guest reads the line only after its first IRQ 4; give it a moment
-    // to reach hlt so the interrupt, not a poll, finds the bytes.
-    std::thread::sleep(Duration::from_millis(300));
     stdin.write_all(b"hello from the host\r").unwrap();
     child.stdout = Some(stdout.into_inner());
     let out = wait_with_deadline(child, Duration::from_secs(30));

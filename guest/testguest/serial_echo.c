@@ -37,7 +37,13 @@ void test_serial_echo(void)
 	for (;;) {
 		cli();
 		bool done = false;
-		while (!done && (inb(COM1 + UART_LSR) & LSR_DR)) {
+		/*
+		 * Read only once IRQ 4 has fired: input that was already waiting
+		 * when the receive interrupt got enabled raises it too (as on a
+		 * real 16550), so this never deadlocks, and a line can't be
+		 * drained by polling alone.
+		 */
+		while (!done && irq_count[VEC_SERIAL] && (inb(COM1 + UART_LSR) & LSR_DR)) {
 			char c = (char)inb(COM1);
 			if (c == '\r' || c == '\n')
 				done = n > 0;
