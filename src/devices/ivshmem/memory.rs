@@ -1,2 +1,550 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! Shared-memory backends: a POSIX shm name, a memfd, a file path (tmpfs or hugetlbfs), with create/size rules.
+//! Shared-memory backends: a POSIX shm name, a memfd, a file path (tmpfs or
+//! hugetlbfs), an unlinked file in a directory, or an fd a server sent us.
+//!
+//! The rules every backend follows:
+//! - an object that does not exist is created exclusively (mode 0600) and
+//!   sized; one that exists is used as it is, **never truncated**, and refused
+//!   (untouched) when it is smaller than asked for;
+//! - an object we created is removed again when the [`ShmBackend`] is dropped,
+//!   unless its owner called [`ShmBackend::keep`] once start-up succeeded, so
+//!   a failed start leaves nothing behind;
+//! - on hugetlbfs the size must be a multiple of the huge page size.
+//!
+//! [`ShmBackend::map`] gives a `MAP_SHARED` read/write [`ShmMapping`] of
+//! exactly the requested size; the VMM hands its address to KVM.
+
+mod mapping;
+#[cfg(test)]
+mod tests;
+
+pub use mapping::ShmMapping;
+
+use std::fmt;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, open, FcntlArg, OFlag, SealFlag};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::mman::{shm_open, shm_unlink};
+use nix::sys::stat::{fstat, stat, FileStat, Mode, SFlag};
+use nix::sys::statfs::{fstatfs, statfs, HUGETLBFS_MAGIC};
+use nix::unistd::{ftruncate, mkstemp, unlink};
+use thiserror::Error;
+
+use crate::cli::size::format_size;
+
+/// Where POSIX shm names live on Linux (glibc's `shm_open` uses it).
+pub const SHM_DIR: &str = "/dev/shm";
+/// Longest shm name, without the leading '/' (NAME_MAX).
+const NAME_MAX: usize = 255;
+/// The name memfds carry in /proc/PID/fd (visible to `ls -l`, handy to debug).
+const MEMFD_NAME: &str = "ivvmm-ivshmem";
+
+/// Why shared memory could not be provided. Each text is the one line the
+/// user reads: the problem and the fix.
+#[derive(Debug, Error)]
+pub enum MemoryError {
+    #[error("shared memory name '{name}' is invalid: {reason}; use a plain name such as 'ivshmem' (one optional leading '/')")]
+    InvalidName { name: String, reason: &'static str },
+    #[error(
+        "size {0} bytes is not usable for shared memory: give a size between 4K and 2^62 bytes"
+    )]
+    BadSize(u64),
+    #[error("shared memory object {what} is {actual} but {wanted} was requested: ask for {actual} (or less) or use a new name or path; the object was left unchanged")]
+    TooSmall {
+        what: String,
+        actual: String,
+        wanted: String,
+    },
+    #[error("{what} is not a regular file: give a file on tmpfs or hugetlbfs, or a new name; it was left unchanged")]
+    NotRegularFile { what: String },
+    #[error(
+        "{what} is on hugetlbfs with {page} pages but the size is {size}: use a multiple of {page}"
+    )]
+    HugePageMultiple {
+        what: String,
+        page: String,
+        size: String,
+    },
+    #[error("directory {dir} does not exist: create it (for huge pages: mount -t hugetlbfs none {dir}) or choose another path")]
+    NoDirectory { dir: PathBuf },
+    #[error("cannot create {what}: {dir} is not writable ({errno}); choose a writable directory or fix its permissions")]
+    NotWritable {
+        what: String,
+        dir: PathBuf,
+        errno: Errno,
+    },
+    #[error("cannot open {what} for reading and writing ({errno}); fix its permissions or use a new name; it was left unchanged")]
+    OpenExisting { what: String, errno: Errno },
+    #[error("cannot create {what} ({errno}); check that the directory exists and is writable")]
+    Create { what: String, errno: Errno },
+    #[error("cannot set the size of {what} to {size} ({errno}); free space on that filesystem or use a smaller size; nothing was left behind")]
+    Resize {
+        what: String,
+        size: String,
+        errno: Errno,
+    },
+    #[error("cannot inspect {what} ({errno}); is it a file or shared memory object?")]
+    Stat { what: String, errno: Errno },
+    #[error("cannot seal {what} against shrinking ({errno}); this kernel may lack memfd sealing")]
+    Seal { what: String, errno: Errno },
+    #[error("the shared memory from the server is empty: the server is misconfigured; restart it with a size such as -l 4M")]
+    Empty,
+    #[error("cannot map {size} of shared memory {what} ({errno}); {hint}")]
+    Map {
+        what: String,
+        size: String,
+        errno: Errno,
+        hint: &'static str,
+    },
+}
+
+/// Which kind of object backs the shared memory (and how to name it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShmSource {
+    /// A POSIX shared memory object, `shm_open(NAME)`, i.e. /dev/shm/NAME.
+    Name(String),
+    /// A file at this path (tmpfs, hugetlbfs, ...).
+    Path(PathBuf),
+    /// An unlinked file in this directory (e.g. a hugetlbfs mount).
+    Dir(PathBuf),
+    /// An anonymous memfd, sealed against shrinking.
+    Memfd,
+}
+
+impl fmt::Display for ShmSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShmSource::Name(name) => write!(f, "{SHM_DIR}/{}", name.trim_start_matches('/')),
+            ShmSource::Path(path) => write!(f, "{}", path.display()),
+            ShmSource::Dir(dir) => write!(f, "an unlinked file in {}", dir.display()),
+            ShmSource::Memfd => write!(f, "memfd"),
+        }
+    }
+}
+
+/// What we created and must remove again unless the owner keeps it.
+#[derive(Debug)]
+enum Created {
+    Shm { name: String, dev: u64, ino: u64 },
+    File { path: PathBuf, dev: u64, ino: u64 },
+}
+
+/// An open shared-memory object of at least `size` bytes.
+#[derive(Debug)]
+pub struct ShmBackend {
+    file: File,
+    size: u64,
+    object_size: u64,
+    what: String,
+    hugetlbfs: bool,
+    created: Option<Created>,
+}
+
+impl ShmBackend {
+    /// Opens or creates the object `source` names with at least `size` bytes.
+    pub fn open(source: &ShmSource, size: u64) -> Result<Self, MemoryError> {
+        match source {
+            ShmSource::Name(name) => Self::open_name(name, size),
+            ShmSource::Path(path) => Self::open_path(path, size),
+            ShmSource::Dir(dir) => Self::create_in_dir(dir, size),
+            ShmSource::Memfd => Self::memfd(size, true),
+        }
+    }
+
+    /// Opens POSIX shm object `name` (/dev/shm/NAME), creating it if absent.
+    pub fn open_name(name: &str, size: u64) -> Result<Self, MemoryError> {
+        let bare = validate_shm_name(name)?;
+        check_size(size)?;
+        let shm_name = format!("/{bare}");
+        let what = format!("{SHM_DIR}/{bare}");
+        // A concurrent unlink between our two opens makes us try again; twice
+        // is enough to tell a race from a persistent problem.
+        for _ in 0..3 {
+            let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
+            match shm_open(shm_name.as_str(), flags, Mode::S_IRUSR | Mode::S_IWUSR) {
+                Ok(fd) => {
+                    let st = fstat_of(&fd, &what)?;
+                    let created = Created::Shm {
+                        name: shm_name.clone(),
+                        dev: st.st_dev,
+                        ino: st.st_ino,
+                    };
+                    return Self::finish_created(fd, size, what, false, created);
+                }
+                Err(Errno::EEXIST) => {}
+                Err(errno) => return Err(MemoryError::Create { what, errno }),
+            }
+            match shm_open(
+                shm_name.as_str(),
+                OFlag::O_RDWR | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => return Self::finish_existing(fd, size, what),
+                Err(Errno::ENOENT) => continue,
+                Err(errno) => return Err(MemoryError::OpenExisting { what, errno }),
+            }
+        }
+        Err(MemoryError::Create {
+            what,
+            errno: Errno::EAGAIN,
+        })
+    }
+
+    /// Opens the file at `path`, creating it if absent (tmpfs, hugetlbfs...).
+    pub fn open_path(path: &Path, size: u64) -> Result<Self, MemoryError> {
+        check_size(size)?;
+        let what = path.display().to_string();
+        let dir = parent_dir(path);
+        let hugetlbfs = hugetlbfs_page(&dir, &what, size)?.is_some();
+        for _ in 0..3 {
+            let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
+            match open(path, flags, Mode::S_IRUSR | Mode::S_IWUSR) {
+                Ok(fd) => {
+                    let st = fstat_of(&fd, &what)?;
+                    let created = Created::File {
+                        path: path.to_path_buf(),
+                        dev: st.st_dev,
+                        ino: st.st_ino,
+                    };
+                    return Self::finish_created(fd, size, what, hugetlbfs, created);
+                }
+                Err(Errno::EEXIST) => {}
+                Err(Errno::ENOENT) => return Err(MemoryError::NoDirectory { dir }),
+                Err(errno @ (Errno::EACCES | Errno::EPERM | Errno::EROFS)) => {
+                    return Err(MemoryError::NotWritable { what, dir, errno })
+                }
+                Err(errno) => return Err(MemoryError::Create { what, errno }),
+            }
+            match open(path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()) {
+                Ok(fd) => {
+                    let mut backend = Self::finish_existing(fd, size, what)?;
+                    backend.hugetlbfs = hugetlbfs;
+                    return Ok(backend);
+                }
+                Err(Errno::ENOENT) => continue,
+                Err(errno) => return Err(MemoryError::OpenExisting { what, errno }),
+            }
+        }
+        Err(MemoryError::Create {
+            what,
+            errno: Errno::EAGAIN,
+        })
+    }
+
+    /// Creates an unlinked file of `size` bytes in `dir` (server `-m DIR`).
+    /// Nothing is ever left behind in `dir`.
+    pub fn create_in_dir(dir: &Path, size: u64) -> Result<Self, MemoryError> {
+        check_size(size)?;
+        let what = format!("an unlinked file in {}", dir.display());
+        let hugetlbfs = hugetlbfs_page(dir, &what, size)?.is_some();
+        let flags = OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC;
+        let fd = match open(dir, flags, Mode::S_IRUSR | Mode::S_IWUSR) {
+            Ok(fd) => fd,
+            // Filesystems without O_TMPFILE: a named file, unlinked at once.
+            Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => {
+                let template = dir.join("ivvmm-shm.XXXXXX");
+                let (fd, path) =
+                    mkstemp(&template).map_err(|errno| dir_error(dir, &what, errno))?;
+                // Unlinking can only fail if someone removed it already.
+                let _ = unlink(&path);
+                fd
+            }
+            Err(errno) => return Err(dir_error(dir, &what, errno)),
+        };
+        resize(&fd, size, &what)?;
+        Ok(Self::from_parts(fd, size, size, what, hugetlbfs, None))
+    }
+
+    /// Creates an anonymous memfd of `size` bytes; `seal` forbids shrinking
+    /// it (and adding further seals), so no peer can pull memory away from
+    /// the others.
+    pub fn memfd(size: u64, seal: bool) -> Result<Self, MemoryError> {
+        check_size(size)?;
+        let what = "memfd".to_string();
+        let mut flags = MFdFlags::MFD_CLOEXEC;
+        if seal {
+            flags |= MFdFlags::MFD_ALLOW_SEALING;
+        }
+        let fd = memfd_create(MEMFD_NAME, flags).map_err(|errno| MemoryError::Create {
+            what: what.clone(),
+            errno,
+        })?;
+        resize(&fd, size, &what)?;
+        if seal {
+            let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
+            fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(|errno| MemoryError::Seal {
+                what: what.clone(),
+                errno,
+            })?;
+        }
+        Ok(Self::from_parts(fd, size, size, what, false, None))
+    }
+
+    /// Wraps an fd received from a server; the size is the object's size.
+    /// The VMM checks it against the BAR it wants.
+    pub fn from_fd(fd: OwnedFd) -> Result<Self, MemoryError> {
+        let what = "from the server".to_string();
+        let st = fstat_of(&fd, &what)?;
+        if !is_regular(&st) {
+            return Err(MemoryError::NotRegularFile { what });
+        }
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        if size == 0 {
+            return Err(MemoryError::Empty);
+        }
+        let hugetlbfs = fstatfs(&fd).is_ok_and(|s| s.filesystem_type() == HUGETLBFS_MAGIC);
+        Ok(Self::from_parts(fd, size, size, what, hugetlbfs, None))
+    }
+
+    /// Start-up succeeded: an object we created stays when we are dropped.
+    pub fn keep(&mut self) {
+        self.created = None;
+    }
+
+    /// True if we created the object and will remove it on drop.
+    pub fn will_remove(&self) -> bool {
+        self.created.is_some()
+    }
+
+    /// The size that is mapped and given to guests.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The object's own size when opened (≥ `size()` for an existing object).
+    pub fn object_size(&self) -> u64 {
+        self.object_size
+    }
+
+    /// True if the object lives on hugetlbfs.
+    pub fn is_hugetlbfs(&self) -> bool {
+        self.hugetlbfs
+    }
+
+    /// The open object, e.g. to send its fd to peers.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// A human-readable name of the object ("/dev/shm/foo", "memfd", ...).
+    pub fn describe(&self) -> &str {
+        &self.what
+    }
+
+    /// Maps exactly `size()` bytes `MAP_SHARED`, read/write.
+    pub fn map(&self) -> Result<ShmMapping, MemoryError> {
+        ShmMapping::new(self.file.as_fd(), self.size).map_err(|errno| MemoryError::Map {
+            what: self.what.clone(),
+            size: format_size(self.size),
+            errno,
+            hint: if self.hugetlbfs {
+                "are there enough free huge pages? (see HugePages_Free in /proc/meminfo)"
+            } else {
+                "the host cannot map that much; use a smaller size"
+            },
+        })
+    }
+
+    fn from_parts(
+        fd: OwnedFd,
+        size: u64,
+        object_size: u64,
+        what: String,
+        hugetlbfs: bool,
+        created: Option<Created>,
+    ) -> Self {
+        ShmBackend {
+            file: File::from(fd),
+            size,
+            object_size,
+            what,
+            hugetlbfs,
+            created,
+        }
+    }
+
+    fn finish_created(
+        fd: OwnedFd,
+        size: u64,
+        what: String,
+        hugetlbfs: bool,
+        created: Created,
+    ) -> Result<Self, MemoryError> {
+        // Build the backend first so that a failing resize drops it, which
+        // removes the object we just created.
+        let backend = Self::from_parts(fd, size, size, what, hugetlbfs, Some(created));
+        resize(&backend.file, size, &backend.what)?;
+        Ok(backend)
+    }
+
+    fn finish_existing(fd: OwnedFd, size: u64, what: String) -> Result<Self, MemoryError> {
+        let st = fstat_of(&fd, &what)?;
+        if !is_regular(&st) {
+            return Err(MemoryError::NotRegularFile { what });
+        }
+        let actual = u64::try_from(st.st_size).unwrap_or(0);
+        if actual < size {
+            return Err(MemoryError::TooSmall {
+                what,
+                actual: format_size(actual),
+                wanted: format_size(size),
+            });
+        }
+        Ok(Self::from_parts(fd, size, actual, what, false, None))
+    }
+}
+
+impl AsFd for ShmBackend {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+impl AsRawFd for ShmBackend {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+impl Drop for ShmBackend {
+    fn drop(&mut self) {
+        // Remove only what is still the object we created: if someone
+        // replaced it meanwhile, theirs stays.
+        let (path, shm_name, dev, ino) = match self.created.take() {
+            Some(Created::Shm { name, dev, ino }) => (
+                PathBuf::from(format!("{SHM_DIR}{name}")),
+                Some(name),
+                dev,
+                ino,
+            ),
+            Some(Created::File { path, dev, ino }) => (path, None, dev, ino),
+            None => return,
+        };
+        if !same_inode(&path, dev, ino) {
+            return;
+        }
+        let result = match shm_name {
+            Some(name) => shm_unlink(name.as_str()),
+            None => unlink(&path),
+        };
+        if let Err(e) = result {
+            log::warn!("could not remove {}: {e}", path.display());
+        }
+    }
+}
+
+/// Checks a POSIX shm name and returns it without its leading '/'.
+pub fn validate_shm_name(name: &str) -> Result<&str, MemoryError> {
+    let bare = name.strip_prefix('/').unwrap_or(name);
+    let reason = if bare.is_empty() {
+        Some("it is empty")
+    } else if bare.contains('/') {
+        Some("it contains '/' after the first character")
+    } else if bare == "." || bare == ".." {
+        Some("'.' and '..' are not object names")
+    } else if bare.len() > NAME_MAX {
+        Some("it is longer than 255 bytes")
+    } else if bare.contains('\0') {
+        Some("it contains a NUL byte")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(MemoryError::InvalidName {
+            name: name.to_string(),
+            reason,
+        }),
+        None => Ok(bare),
+    }
+}
+
+fn check_size(size: u64) -> Result<(), MemoryError> {
+    // off_t is signed; 2^62 leaves room for every offset computation.
+    if !(4096..=1 << 62).contains(&size) {
+        return Err(MemoryError::BadSize(size));
+    }
+    Ok(())
+}
+
+fn resize(fd: impl AsFd, size: u64, what: &str) -> Result<(), MemoryError> {
+    let len = i64::try_from(size).map_err(|_| MemoryError::BadSize(size))?;
+    ftruncate(fd, len).map_err(|errno| MemoryError::Resize {
+        what: what.to_string(),
+        size: format_size(size),
+        errno,
+    })
+}
+
+fn fstat_of(fd: impl AsFd, what: &str) -> Result<FileStat, MemoryError> {
+    fstat(fd).map_err(|errno| MemoryError::Stat {
+        what: what.to_string(),
+        errno,
+    })
+}
+
+fn is_regular(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+}
+
+fn same_inode(path: &Path, dev: u64, ino: u64) -> bool {
+    stat(path).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The huge page size if `dir` is on hugetlbfs (and `size` fits it).
+fn hugetlbfs_page(dir: &Path, what: &str, size: u64) -> Result<Option<u64>, MemoryError> {
+    let fs = match statfs(dir) {
+        Ok(fs) => fs,
+        Err(Errno::ENOENT | Errno::ENOTDIR) => {
+            return Err(MemoryError::NoDirectory {
+                dir: dir.to_path_buf(),
+            })
+        }
+        Err(errno) => {
+            return Err(MemoryError::Stat {
+                what: dir.display().to_string(),
+                errno,
+            })
+        }
+    };
+    if fs.filesystem_type() != HUGETLBFS_MAGIC {
+        return Ok(None);
+    }
+    #[allow(clippy::unnecessary_cast)] // the field's type differs by libc
+    let page = (fs.block_size() as u64).max(1);
+    if size % page != 0 {
+        return Err(MemoryError::HugePageMultiple {
+            what: what.to_string(),
+            page: format_size(page),
+            size: format_size(size),
+        });
+    }
+    Ok(Some(page))
+}
+
+fn dir_error(dir: &Path, what: &str, errno: Errno) -> MemoryError {
+    match errno {
+        Errno::ENOENT | Errno::ENOTDIR => MemoryError::NoDirectory {
+            dir: dir.to_path_buf(),
+        },
+        Errno::EACCES | Errno::EPERM | Errno::EROFS => MemoryError::NotWritable {
+            what: what.to_string(),
+            dir: dir.to_path_buf(),
+            errno,
+        },
+        errno => MemoryError::Create {
+            what: what.to_string(),
+            errno,
+        },
+    }
+}
