@@ -1,0 +1,24 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! The ivshmem-server wire format and the client side of it, one codec used by
+//! the server, the VMM and `ivvmm client`.
+//!
+//! - [`codec`]: 8-byte little-endian messages with an optional SCM_RIGHTS fd.
+//! - [`handshake`]: [`connect`] joins a server and returns our id, the shared
+//!   memory and the eventfds, bounded by a timeout with one clear error per
+//!   failure.
+//! - [`peer`]: after the handshake, [`PeerConnection`] turns later messages
+//!   into [`PeerEvent`]s (a peer's vector joined, a peer left, server gone).
+
+pub mod codec;
+pub mod handshake;
+pub mod peer;
+mod ratelimit;
+
+pub use handshake::{connect, connect_with, ConnectOptions, Handshake, HandshakeError};
+pub use peer::{PeerConnection, PeerEvent};
+
+/// The highest peer id: the doorbell register has 16 bits for it.
+pub const MAX_PEER_ID: i64 = u16::MAX as i64;
+
+#[cfg(test)]
+mod tests;

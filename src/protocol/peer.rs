@@ -1,0 +1,172 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! After the handshake: the server's later messages as events.
+//!
+//! A peer id with an fd is one more vector of that peer (the N-th fd is vector
+//! N-1); a peer id without an fd means that peer left; EOF means the server is
+//! gone (the VMs keep running and keep talking, but nobody new can join).
+//! Malformed input is logged, rate-limited, and ignored: a server can never
+//! make us panic.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::codec::{is_eventfd, Message, MessageReader, Received, SHM_MESSAGE};
+use super::ratelimit::RateLimit;
+use super::MAX_PEER_ID;
+
+/// One change in the set of peers.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// Peer `id`'s vector `vector` can now be rung by writing to `fd`.
+    PeerJoined { id: u16, vector: u16, fd: EventFd },
+    /// Peer `id` left: drop every fd of it.
+    PeerLeft { id: u16 },
+    /// The server closed the connection (or it broke); no more events.
+    ServerGone,
+}
+
+/// Our connection to the server after the handshake. Its fd is non-blocking;
+/// an event loop watches it for readability and calls [`read_events`].
+///
+/// [`read_events`]: PeerConnection::read_events
+#[derive(Debug)]
+pub struct PeerConnection {
+    sock: UnixStream,
+    reader: MessageReader,
+    id: u16,
+    vectors: u16,
+    own_received: usize,
+    /// Vectors received so far per live peer.
+    peers: BTreeMap<u16, usize>,
+    gone: bool,
+    limit: RateLimit,
+}
+
+impl PeerConnection {
+    pub(super) fn new(
+        sock: UnixStream,
+        reader: MessageReader,
+        id: u16,
+        vectors: u16,
+        own_received: usize,
+        peers: BTreeMap<u16, usize>,
+    ) -> Self {
+        PeerConnection {
+            sock,
+            reader,
+            id,
+            vectors,
+            own_received,
+            peers,
+            gone: false,
+            limit: RateLimit::new(),
+        }
+    }
+
+    /// Our peer id.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// The number of vectors we keep per peer.
+    pub fn vectors(&self) -> u16 {
+        self.vectors
+    }
+
+    /// Ids of the peers we currently know.
+    pub fn peer_ids(&self) -> impl Iterator<Item = u16> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// True once the server is gone; the fd can be dropped from the loop.
+    pub fn is_gone(&self) -> bool {
+        self.gone
+    }
+
+    /// Reads every message available now and returns the resulting events,
+    /// ending with `ServerGone` once when the server disappears.
+    pub fn read_events(&mut self) -> Vec<PeerEvent> {
+        let mut events = Vec::new();
+        while !self.gone {
+            match self.reader.read(self.sock.as_fd()) {
+                Ok(Received::Message(m)) => events.extend(self.handle(m)),
+                Ok(Received::WouldBlock) => break,
+                Ok(Received::Eof { partial }) => {
+                    if partial {
+                        log::warn!("ivshmem server closed the connection mid-message");
+                    }
+                    self.gone = true;
+                    events.push(PeerEvent::ServerGone);
+                }
+                Err(e) => {
+                    log::warn!("ivshmem server connection failed: {e}");
+                    self.gone = true;
+                    events.push(PeerEvent::ServerGone);
+                }
+            }
+        }
+        events
+    }
+
+    fn ignore(&mut self, what: std::fmt::Arguments<'_>) -> Option<PeerEvent> {
+        if self.limit.allow() {
+            log::warn!("ivshmem server sent {what}; ignored");
+        }
+        None
+    }
+
+    fn handle(&mut self, m: Message) -> Option<PeerEvent> {
+        if m.value == SHM_MESSAGE {
+            return self.ignore(format_args!("a second shared-memory message"));
+        }
+        if !(0..=MAX_PEER_ID).contains(&m.value) {
+            let v = m.value;
+            return self.ignore(format_args!("peer id {v} out of 0..65535"));
+        }
+        let id = m.value as u16;
+        let Some(fd) = m.fd else {
+            if self.peers.remove(&id).is_some() {
+                return Some(PeerEvent::PeerLeft { id });
+            }
+            return self.ignore(format_args!("a disconnect notice for unknown peer {id}"));
+        };
+        if is_eventfd(fd.as_fd()) == Some(false) {
+            return self.ignore(format_args!("a non-eventfd fd for peer {id}"));
+        }
+        if id == self.id {
+            // Our own vectors beyond what we use (the server has more): the
+            // spec says close them. Late ones after a quiet-period accept too.
+            self.own_received += 1;
+            log::debug!("closing extra own eventfd #{}", self.own_received);
+            return None;
+        }
+        let count = self.peers.entry(id).or_insert(0);
+        let vector = *count;
+        *count += 1;
+        if vector >= usize::from(self.vectors) {
+            return None;
+        }
+        // SAFETY: we own `fd` (just received) and it is an eventfd.
+        let fd = unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) };
+        Some(PeerEvent::PeerJoined {
+            id,
+            vector: vector as u16,
+            fd,
+        })
+    }
+}
+
+impl AsFd for PeerConnection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+impl AsRawFd for PeerConnection {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
