@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Command-line definitions (clap) and their conversion into configurations.
 
+pub mod server;
 pub mod size;
