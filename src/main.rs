@@ -5,15 +5,28 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use ivvmm::cli::Cli;
+use ivvmm::cli::{self, Cli, Command};
+use ivvmm::vmm::stop::StopReason;
 use ivvmm::vmm::{terminal, Vmm};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ivvmm::logger::init(cli.verbose);
     let code = match cli.command {
-        Some(command) => match command {},
-        None => run_vm(&cli),
+        Some(Command::Server(args)) => {
+            // The server reports joins and leaves by default; -v adds debug.
+            ivvmm::logger::init(1);
+            match cli::server::run(args) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("ivvmm: {e}");
+                    1
+                }
+            }
+        }
+        None => {
+            ivvmm::logger::init(cli.verbose);
+            run_vm(&cli)
+        }
     };
     terminal::restore_now();
     ExitCode::from(code.clamp(0, 255) as u8)
@@ -36,12 +49,11 @@ fn run_vm(cli: &Cli) -> i32 {
     };
     match vmm.run() {
         Ok(reason) => {
-            let code = reason.exit_code();
             match &reason {
-                ivvmm::vmm::stop::StopReason::Fatal(msg) => eprintln!("ivvmm: {msg}"),
+                StopReason::Fatal(msg) => eprintln!("ivvmm: {msg}"),
                 other => log::info!("VM stopped: {}", other.describe()),
             }
-            code
+            reason.exit_code()
         }
         Err(e) => {
             eprintln!("ivvmm: {e}");

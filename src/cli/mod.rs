@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Command-line definitions (clap) and their conversion into configurations.
 
+pub mod server;
 pub mod size;
 pub mod vm;
 
@@ -42,9 +43,12 @@ pub struct Cli {
     pub vm: vm::VmArgs,
 
     /// More log output (-v info, -vv debug); IVVMM_LOG=level overrides.
-    #[arg(short, long, action = ArgAction::Count, global = true)]
+    #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// An ivshmem server, wire-compatible with QEMU's ivshmem-server.
+    Server(server::ServerArgs),
+}

@@ -12,7 +12,7 @@
 pub mod codec;
 pub mod handshake;
 pub mod peer;
-mod ratelimit;
+pub(crate) mod ratelimit;
 
 pub use handshake::{connect, connect_with, ConnectOptions, Handshake, HandshakeError};
 pub use peer::{PeerConnection, PeerEvent};

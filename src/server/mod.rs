@@ -1,2 +1,248 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `ivvmm server`: an ivshmem-server, wire-compatible with QEMU's.
+//!
+//! One thread, one epoll loop: the listening socket, every peer's socket and
+//! a stop fd (a signalfd for SIGINT/SIGTERM from the CLI). On connect a peer
+//! gets the version, its id, the shared memory, every other peer's eventfds
+//! and its own; the others get its eventfds; when it goes they get its id
+//! alone. Nothing a peer does can block the loop (see [`peers`]).
+
+mod files;
+mod peers;
+
+pub use files::Pidfile;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::cli::size::format_size;
+use crate::devices::ivshmem::memory::{MemoryError, ShmBackend, ShmSource};
+use crate::protocol::codec::{PROTOCOL_VERSION, SHM_MESSAGE};
+use crate::protocol::ratelimit::RateLimit;
+use files::SocketFile;
+use peers::{Flush, IdAllocator, Payload, Peer};
+
+/// QEMU's server allows at most 64 vectors per peer; so do we.
+pub const MAX_VECTORS: u16 = 64;
+
+const LISTENER: u64 = 0;
+const STOP: u64 = 1;
+/// How long to stop accepting after running out of fds (avoids a busy loop
+/// on a listener that stays readable).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why the server could not start or stopped. One line: problem and fix.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("{0} vectors requested, the maximum is {MAX_VECTORS}: use -n {MAX_VECTORS} or fewer")]
+    TooManyVectors(u16),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error("shared memory object {what} is {actual} but -l is {wanted}: peers map the whole object, so use -l {actual} or a new name; the object was left unchanged")]
+    ShmSizeMismatch {
+        what: String,
+        actual: String,
+        wanted: String,
+    },
+    #[error("socket path {0} is {1} bytes, at most 107 fit: choose a shorter -S path")]
+    SocketPathTooLong(String, usize),
+    #[error("another ivshmem server is listening on {0}: stop it or choose another -S path")]
+    SocketLive(String),
+    #[error("{0} exists and is not a socket: remove it or choose another -S path")]
+    NotASocket(String),
+    #[error("cannot listen on {0}: {1}; check that the directory exists and is writable")]
+    Bind(String, io::Error),
+    #[error("cannot write pidfile {0}: {1}; check that the directory exists and is writable")]
+    Pidfile(String, io::Error),
+    #[error("the server's event loop failed: {0}")]
+    Epoll(io::Error),
+}
+
+/// What the server serves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub socket: PathBuf,
+    /// Shared-memory size in bytes (a power of two).
+    pub size: u64,
+    pub vectors: u16,
+    pub shm: ShmSource,
+    /// Keep a shm object the server created after it exits.
+    pub keep_shm: bool,
+}
+
+/// A bound server, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    vectors: u16,
+    shm: ShmBackend,
+    socket: SocketFile,
+    epoll: Epoll,
+    peers: BTreeMap<u16, Peer>,
+    ids: IdAllocator,
+    serial: u64,
+    accept_paused_until: Option<Instant>,
+    limit: RateLimit,
+}
+
+impl Server {
+    /// Opens the shared memory and binds the socket. If binding fails, a shm
+    /// object we just created is removed again.
+    pub fn new(config: &ServerConfig) -> Result<Self, ServerError> {
+        if config.vectors > MAX_VECTORS {
+            return Err(ServerError::TooManyVectors(config.vectors));
+        }
+        let mut shm = ShmBackend::open(&config.shm, config.size)?;
+        if shm.object_size() != config.size {
+            return Err(ServerError::ShmSizeMismatch {
+                what: shm.describe().to_string(),
+                actual: format_size(shm.object_size()),
+                wanted: format_size(config.size),
+            });
+        }
+        let socket = SocketFile::bind(&config.socket)?;
+        let epoll = Epoll::new().map_err(ServerError::Epoll)?;
+        let ev = EpollEvent::new(EventSet::IN, LISTENER);
+        epoll
+            .ctl(ControlOperation::Add, socket.listener.as_raw_fd(), ev)
+            .map_err(ServerError::Epoll)?;
+        raise_fd_limit();
+        if config.keep_shm {
+            shm.keep();
+        }
+        log::info!(
+            "serving {} of shared memory ({}), {} vectors per peer, on {}",
+            format_size(config.size),
+            shm.describe(),
+            config.vectors,
+            socket.path().display()
+        );
+        Ok(Server {
+            vectors: config.vectors,
+            shm,
+            socket,
+            epoll,
+            peers: BTreeMap::new(),
+            ids: IdAllocator::new(),
+            serial: 0,
+            accept_paused_until: None,
+            limit: RateLimit::new(),
+        })
+    }
+
+    /// The socket path peers connect to.
+    pub fn socket_path(&self) -> &Path {
+        self.socket.path()
+    }
+
+    /// The shared memory served.
+    pub fn shm(&self) -> &ShmBackend {
+        &self.shm
+    }
+
+    /// The number of connected peers.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Serves until `stop` becomes readable (a signalfd, an eventfd...).
+    /// Peers are not told about each other's departure on stop: they may
+    /// keep talking to each other without the server (see the spec).
+    pub fn run(&mut self, stop: BorrowedFd<'_>) -> Result<(), ServerError> {
+        let ev = EpollEvent::new(EventSet::IN, STOP);
+        self.epoll
+            .ctl(ControlOperation::Add, stop.as_raw_fd(), ev)
+            .map_err(ServerError::Epoll)?;
+        let result = self.serve();
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            stop.as_raw_fd(),
+            EpollEvent::default(),
+        );
+        log::info!("server stopping; {} peers connected", self.peers.len());
+        self.peers.clear();
+        result
+    }
+
+    fn serve(&mut self) -> Result<(), ServerError> {
+        let mut events = vec![EpollEvent::default(); 64];
+        loop {
+            let timeout = self.resume_accepting();
+            let n = match self.epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ServerError::Epoll(e)),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    STOP => return Ok(()),
+                    LISTENER => self.accept_all(),
+                    token => self.peer_event(token, ev.event_set()),
+                }
+            }
+        }
+    }
+
+    /// Re-enables accepting after a backoff; returns the epoll timeout (ms).
+    fn resume_accepting(&mut self) -> i32 {
+        let Some(until) = self.accept_paused_until else {
+            return -1;
+        };
+        let now = Instant::now();
+        if now < until {
+            return i32::try_from((until - now).as_millis() + 1).unwrap_or(i32::MAX);
+        }
+        self.accept_paused_until = None;
+        let ev = EpollEvent::new(EventSet::IN, LISTENER);
+        let fd = self.socket.listener.as_raw_fd();
+        if let Err(e) = self.epoll.ctl(ControlOperation::Modify, fd, ev) {
+            log::warn!("cannot resume accepting peers: {e}");
+        }
+        -1
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.socket.listener.accept() {
+                Ok((sock, _)) => self.add_peer(sock),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if self.limit.allow() {
+                        log::warn!("cannot accept a peer: {e}; pausing new connections briefly");
+                    }
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    let fd = self.socket.listener.as_raw_fd();
+                    let ev = EpollEvent::new(EventSet::empty(), LISTENER);
+                    let _ = self.epoll.ctl(ControlOperation::Modify, fd, ev);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Lets the server hold as many fds as the hard limit allows: each peer costs
+/// a socket plus one eventfd per vector.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into `lim`, which we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit only reads `lim`; failure leaves the old limit.
+        let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}
+
+mod lifecycle;

@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! `ivvmm server`: flags compatible with QEMU's ivshmem-server, and the glue
+//! around [`crate::server::Server`]: signals, pidfile, daemon mode.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use thiserror::Error;
+
+use crate::cli::size::parse_pow2_size;
+use crate::devices::ivshmem::memory::ShmSource;
+use crate::server::{Pidfile, Server, ServerConfig, ServerError, MAX_VECTORS};
+
+/// What differs from QEMU's contrib/ivshmem-server (also in docs/server.md).
+const DIFFERENCES: &str = "\
+Differences from QEMU's ivshmem-server:
+  - Foreground by default (QEMU daemonizes unless -F); -F is accepted, -D daemonizes.
+  - Without -M or -m the memory is an anonymous memfd sealed against shrinking
+    (QEMU uses the POSIX shm object 'ivshmem').
+  - An existing -M object is never resized: it must already be exactly -l bytes
+    (QEMU truncates it). A -M object the server created is removed when it
+    exits, unless --keep-shm; one that existed before is never removed.
+  - -l must be a power of two (QEMU rounds up); -M and -m conflict.
+  - -p writes the pidfile in foreground mode too, and removes it on exit.
+  - -v works with -D (messages are then discarded).
+  - SIGINT stops the server like SIGTERM; peers are not told that the others
+    left, so they can keep talking without the server.
+  - A live socket at -S is an error; a stale one is replaced.
+  - A peer that stops reading is dropped instead of stalling the server.";
+
+/// `ivvmm server`: an ivshmem server, wire-compatible with QEMU's.
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = DIFFERENCES)]
+pub struct ServerArgs {
+    /// UNIX socket to listen on
+    #[arg(short = 'S', long = "socket", default_value = "/tmp/ivshmem_socket")]
+    pub socket: PathBuf,
+    /// Shared memory size, a power of two (K, M, G suffixes; e.g. 4M, 8G)
+    #[arg(short = 'l', long = "size", default_value = "4M", value_parser = parse_shm_size)]
+    pub size: u64,
+    /// Interrupt vectors per peer (0 to 64)
+    #[arg(short = 'n', long = "vectors", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_VECTORS)))]
+    pub vectors: u16,
+    /// POSIX shared memory object to use (/dev/shm/NAME); default: a memfd
+    #[arg(short = 'M', long = "shm", conflicts_with = "shm_dir")]
+    pub shm: Option<String>,
+    /// Directory to create the memory in, as an unlinked file (e.g. hugetlbfs)
+    #[arg(short = 'm', long = "shm-dir")]
+    pub shm_dir: Option<PathBuf>,
+    /// Keep a -M object the server created when it exits
+    #[arg(long = "keep-shm")]
+    pub keep_shm: bool,
+    /// Stay in the foreground (the default; accepted for QEMU compatibility)
+    #[arg(short = 'F', long = "foreground")]
+    pub foreground: bool,
+    /// Detach and run in the background once listening
+    #[arg(short = 'D', long = "daemon", conflicts_with = "foreground")]
+    pub daemon: bool,
+    /// Write our pid to this file (removed on exit)
+    #[arg(short = 'p', long = "pidfile")]
+    pub pidfile: Option<PathBuf>,
+    /// Log more (every message, fds, queue states)
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+}
+
+/// Why `ivvmm server` failed.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("cannot resolve {0}: {1}; give an absolute path")]
+    Path(String, std::io::Error),
+    #[error("cannot set up SIGINT/SIGTERM handling: {0}")]
+    Signals(nix::Error),
+    #[error("cannot run in the background: {0}; run in the foreground instead (drop -D)")]
+    Daemon(nix::Error),
+    #[error("the background server failed to start; run it without -D to see why")]
+    DaemonStart,
+}
+
+fn parse_shm_size(text: &str) -> Result<u64, String> {
+    parse_pow2_size(text, 4096).map_err(|e| e.to_string())
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, Error> {
+    std::path::absolute(path).map_err(|e| Error::Path(path.display().to_string(), e))
+}
+
+impl ServerArgs {
+    /// The server configuration these flags describe (paths made absolute so
+    /// a daemon can leave the working directory).
+    pub fn config(&self) -> Result<ServerConfig, Error> {
+        let shm = match (&self.shm, &self.shm_dir) {
+            (Some(name), _) => ShmSource::Name(name.clone()),
+            (None, Some(dir)) => ShmSource::Dir(absolute(dir)?),
+            (None, None) => ShmSource::Memfd,
+        };
+        Ok(ServerConfig {
+            socket: absolute(&self.socket)?,
+            size: self.size,
+            vectors: self.vectors,
+            shm,
+            keep_shm: self.keep_shm,
+        })
+    }
+}
+
+/// Runs `ivvmm server` until SIGINT or SIGTERM.
+pub fn run(args: ServerArgs) -> Result<(), Error> {
+    if args.verbose {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+    let config = args.config()?;
+    let pidfile_path = args.pidfile.as_deref().map(absolute).transpose()?;
+    let mut server = Server::new(&config)?;
+    let ready = if args.daemon {
+        Some(daemonize()?)
+    } else {
+        None
+    };
+    // Signals become events of the loop: block them, read them from an fd.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.thread_block().map_err(Error::Signals)?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(Error::Signals)?;
+    let pidfile = pidfile_path.as_deref().map(Pidfile::write).transpose()?;
+    if let Some(ready) = ready {
+        detach_stdio();
+        // The parent exits 0 once it reads this; if it cannot, it exits 1.
+        let _ = (&ready).write_all(b"1");
+    }
+    server.run(signals.as_fd())?;
+    if let Ok(Some(info)) = signals.read_signal() {
+        log::info!("stopped by signal {}", info.ssi_signo);
+    }
+    drop(pidfile);
+    drop(server);
+    Ok(())
+}
+
+/// Forks; the parent waits until the child is ready and exits. Returns, in
+/// the child, the pipe end to report readiness on.
+fn daemonize() -> Result<std::fs::File, Error> {
+    let (r, w) = nix::unistd::pipe().map_err(Error::Daemon)?;
+    // SAFETY: the process is single-threaded here (the CLI runs the server on
+    // the main thread and has started no other), so fork is sound.
+    match unsafe { nix::unistd::fork() }.map_err(Error::Daemon)? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(w);
+            let mut byte = [0u8; 1];
+            let ok = std::fs::File::from(r).read(&mut byte).is_ok_and(|n| n == 1);
+            // Exit without running destructors: the socket and the shared
+            // memory belong to the child now.
+            if ok {
+                std::process::exit(0);
+            }
+            eprintln!("{}", Error::DaemonStart);
+            std::process::exit(1);
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(r);
+            nix::unistd::setsid().map_err(Error::Daemon)?;
+            nix::unistd::chdir("/").map_err(Error::Daemon)?;
+            Ok(std::fs::File::from(w))
+        }
+    }
+}
+
+/// A daemon's stdio goes to /dev/null (it has no terminal any more).
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+}
