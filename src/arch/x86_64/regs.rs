@@ -62,6 +62,12 @@ const MSR_CSTAR: u32 = 0xc000_0083;
 const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const MISC_ENABLE_FAST_STRING: u64 = 1 << 0;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+/// MTRRs enabled (bit 11) with write-back (6) as the default type. Linux
+/// 6.1 turns PAT off when MTRRs are disabled, and then can't give a BAR a
+/// write-back mapping or record memory types at all; MMIO still ends up
+/// uncached through PAT (UC- in the page tables wins over a WB MTRR).
+const MTRR_ENABLED_WRITE_BACK: u64 = (1 << 11) | 6;
 
 const FPU_CONTROL_WORD: u16 = 0x37f;
 const MXCSR_DEFAULT: u32 = 0x1f80;
@@ -272,7 +278,8 @@ pub fn setup_boot_cpu(
 }
 
 /// The MSRs every vCPU starts with: syscall/sysenter state zeroed, TSC 0,
-/// fast strings enabled (Linux uses `rep movs` heavily).
+/// fast strings enabled (Linux uses `rep movs` heavily), MTRRs on with a
+/// write-back default.
 pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
     let msr = |index, data| kvm_msr_entry {
         index,
@@ -290,6 +297,7 @@ pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
         msr(MSR_LSTAR, 0),
         msr(MSR_IA32_TSC, 0),
         msr(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+        msr(MSR_MTRR_DEF_TYPE, MTRR_ENABLED_WRITE_BACK),
     ]
 }
 
@@ -500,6 +508,7 @@ mod tests {
         assert_eq!(get(MSR_STAR), Some(0));
         assert_eq!(get(MSR_IA32_SYSENTER_EIP), Some(0));
         assert_eq!(get(MSR_IA32_MISC_ENABLE), Some(1));
+        assert_eq!(get(MSR_MTRR_DEF_TYPE), Some(0x806), "MTRRs on, write-back default");
     }
 
     #[test]
