@@ -9,10 +9,12 @@ usage: ivshm [--dev /dev/ivshmemN] COMMAND [OPTIONS]
   check [--host]             self check of all of BAR2 (destroys its contents);
                              --host: verify the host's pattern, write ours
   bw [--size BYTES] [--ms N] copy bandwidth into and out of BAR2
-  ping [--peer N] --count K [--vector V] [--poll] [--timeout S]
+  ping [--peer N] [--count K] [--vector V] [--epoll|--poll] [--timeout S]
                              doorbell round trips; prints p50/p90/p99/max ns
-  pong [--vector V] [--poll] [--timeout S]
+  pong [--vector V] [--epoll|--poll] [--timeout S]
                              answer pings until the pinger says stop
+                             (waits: wait ioctl by default, --epoll: epoll +
+                             read, --poll: spin on shared memory, no doorbell)
   hold [--secs S]            map BAR2 and read it every 100 ms for S seconds
                              (for tests of unbind/rmmod under a live mapping)";
 
@@ -38,8 +40,29 @@ pub struct PingOpts {
     pub peer: Option<u16>,
     pub count: u64,
     pub vector: u16,
-    pub poll: bool,
+    pub mode: Mode,
     pub timeout_s: u64,
+}
+
+/// How ping and pong wait for each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Doorbell, then IVSHMEM_IOC_WAIT.
+    Irq,
+    /// Doorbell, then epoll_wait + read of the event counts.
+    Epoll,
+    /// No doorbell: spin on sequence numbers in shared memory.
+    Poll,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Irq => "irq",
+            Mode::Epoll => "epoll",
+            Mode::Poll => "poll",
+        })
+    }
 }
 
 impl Default for PingOpts {
@@ -48,7 +71,7 @@ impl Default for PingOpts {
             peer: None,
             count: 100,
             vector: 0,
-            poll: false,
+            mode: Mode::Irq,
             timeout_s: 60,
         }
     }
@@ -111,7 +134,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, Error> {
             "--count" if cmd_name == "ping" => po.count = value(&a, &mut it)?,
             "--secs" if cmd_name == "hold" => secs = value(&a, &mut it)?,
             "--vector" => po.vector = value(&a, &mut it)?,
-            "--poll" => po.poll = true,
+            "--poll" => po.mode = Mode::Poll,
+            "--epoll" => po.mode = Mode::Epoll,
             "--timeout" => po.timeout_s = value(&a, &mut it)?,
             _ => return Err(Error::Usage(format!("{cmd_name}: unknown option '{a}'"))),
         }
@@ -153,10 +177,22 @@ mod tests {
                 peer: Some(3),
                 count: 1024,
                 vector: 1,
-                poll: true,
+                mode: Mode::Poll,
                 timeout_s: 60
             })
         );
+    }
+
+    #[test]
+    fn wait_modes() {
+        let mode = |s| match p(s).unwrap().cmd {
+            Command::Ping(o) | Command::Pong(o) => o.mode,
+            _ => unreachable!(),
+        };
+        assert_eq!(mode("ping"), Mode::Irq);
+        assert_eq!(mode("pong --epoll"), Mode::Epoll);
+        assert_eq!(mode("ping --poll"), Mode::Poll);
+        assert_eq!(Mode::Epoll.to_string(), "epoll");
     }
 
     #[test]

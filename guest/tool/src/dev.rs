@@ -182,6 +182,22 @@ impl Device {
         }
     }
 
+    /// The event counts (one per vector) once any changed since this
+    /// file's last read; blocks unless nothing is left to wait for.
+    pub fn read_counts(&self, counts: &mut [u64]) -> Result<usize, Error> {
+        let bytes = std::mem::size_of_val(counts);
+        // SAFETY: `counts` is a live, writable buffer of exactly `bytes`.
+        let n = unsafe { libc::read(self.file.as_raw_fd(), counts.as_mut_ptr().cast(), bytes) };
+        if n < 0 {
+            return Err(Error::Read(self.path.clone(), io::Error::last_os_error()));
+        }
+        Ok(n as usize / 8)
+    }
+
+    pub fn raw_fd(&self) -> std::os::unix::io::RawFd {
+        self.file.as_raw_fd()
+    }
+
     /// Map `len` bytes of BAR2 from offset 0, shared.
     pub fn map(&self, len: u64) -> Result<Shm, Error> {
         let len_usize = usize::try_from(len).map_err(|_| Error::TooBig(len))?;

@@ -24,6 +24,10 @@ pub enum Error {
     Open(String, io::Error),
     #[error("{0} ioctl on {1} failed: {2}")]
     Ioctl(&'static str, String, io::Error),
+    #[error("cannot read event counts from {0}: {1}")]
+    Read(String, io::Error),
+    #[error("epoll on {0} failed: {1}")]
+    Epoll(String, io::Error),
     #[error("cannot mmap {0}: {1}")]
     Mmap(String, io::Error),
     #[error("a mapping of {0} bytes does not fit this machine")]
@@ -88,10 +92,7 @@ fn run(a: args::Args) -> Result<(), Error> {
             let r = pingpong::ping(&dev, o)?;
             println!(
                 "ping: ok rounds={} mode={} peer={} {} unit=ns",
-                o.count,
-                if o.poll { "poll" } else { "irq" },
-                r.peer,
-                r.stats
+                o.count, o.mode, r.peer, r.stats
             );
         }
         Command::Hold { secs } => {
@@ -110,8 +111,7 @@ fn run(a: args::Args) -> Result<(), Error> {
             let rounds = pingpong::pong(&dev, o)?;
             println!(
                 "pong: ok rounds={rounds} mode={} position={}",
-                if o.poll { "poll" } else { "irq" },
-                info.position
+                o.mode, info.position
             );
         }
     }

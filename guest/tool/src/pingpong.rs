@@ -4,13 +4,16 @@
 //! A control block in shared memory (at [`CTRL`], clear of the offsets
 //! `check --host` uses) lets the two find each other: pong publishes its
 //! position and a ready magic; ping publishes its own position, then each
-//! round rings pong's vector and waits for pong to ring back. With `--poll`
-//! both spin on sequence numbers in shared memory instead of interrupts.
+//! round rings pong's vector and waits for pong to ring back (through the
+//! wait ioctl, or with `--epoll` through epoll + read). With `--poll` both
+//! spin on sequence numbers in shared memory instead of interrupts.
 
+use std::io;
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::args::PingOpts;
+use crate::args::{Mode, PingOpts};
 use crate::dev::{Device, Shm, Wait};
 use crate::stats::Percentiles;
 use crate::Error;
@@ -57,6 +60,84 @@ impl<'a> Ctrl<'a> {
     }
 }
 
+/// Waits for one vector's count to move, the way the mode asks.
+enum Waiter<'d> {
+    Ioctl(&'d Device),
+    Epoll {
+        dev: &'d Device,
+        epoll: OwnedFd,
+        counts: Vec<u64>,
+    },
+}
+
+impl<'d> Waiter<'d> {
+    fn new(dev: &'d Device, mode: Mode, vectors: u32) -> Result<Self, Error> {
+        if mode != Mode::Epoll {
+            return Ok(Waiter::Ioctl(dev));
+        }
+        let epoll_err = |e| Error::Epoll(dev.path().to_string(), e);
+        // SAFETY: plain syscall; the result is checked before use.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(epoll_err(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh epoll descriptor that nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 0,
+        };
+        // SAFETY: both descriptors are open; `ev` is a valid epoll_event.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                dev.raw_fd(),
+                &mut ev,
+            )
+        };
+        if rc < 0 {
+            return Err(epoll_err(io::Error::last_os_error()));
+        }
+        Ok(Waiter::Epoll {
+            dev,
+            epoll,
+            counts: vec![0; vectors as usize],
+        })
+    }
+
+    /// Until `vector`'s count differs from `seen`, at most `timeout_ms`.
+    fn wait(&mut self, vector: u32, seen: u64, timeout_ms: i32) -> Result<Wait, Error> {
+        let (dev, epoll, counts) = match self {
+            Waiter::Ioctl(dev) => return dev.wait(vector, seen, timeout_ms),
+            Waiter::Epoll { dev, epoll, counts } => (dev, epoll, counts),
+        };
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms.max(0) as u64);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let left_ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+            let mut ev = libc::epoll_event { events: 0, u64: 0 };
+            // SAFETY: `epoll` is open and `ev` has room for the one event asked for.
+            let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), &mut ev, 1, left_ms) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(Error::Epoll(dev.path().to_string(), e));
+                }
+            } else if n > 0 {
+                dev.read_counts(counts)?;
+                let now = counts.get(vector as usize).copied().unwrap_or(seen);
+                if now != seen {
+                    return Ok(Wait::Event(now));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(Wait::Timeout(seen));
+            }
+        }
+    }
+}
+
 fn need_vector(dev: &Device, vectors: u32, vector: u16) -> Result<(), Error> {
     if u32::from(vector) >= vectors {
         return Err(Error::NoVector(dev.path().to_string(), vectors, vector));
@@ -75,9 +156,11 @@ pub struct PingResult {
 
 pub fn ping(dev: &Device, opts: &PingOpts) -> Result<PingResult, Error> {
     let info = dev.info()?;
-    if !opts.poll {
+    let poll = opts.mode == Mode::Poll;
+    if !poll {
         need_vector(dev, info.vectors, opts.vector)?;
     }
+    let mut waiter = Waiter::new(dev, opts.mode, info.vectors)?;
     let shm = dev.map(info.size)?;
     let ctrl = Ctrl::new(&shm)?;
     let timeout = Duration::from_secs(opts.timeout_s);
@@ -96,22 +179,22 @@ pub fn ping(dev: &Device, opts: &PingOpts) -> Result<PingResult, Error> {
     };
     ctrl.ping_pos
         .store(u64::try_from(info.position).unwrap_or(0), Ordering::Release);
-    let mut seen = if opts.poll {
+    let mut seen = if poll {
         0
     } else {
         dev.count(u32::from(opts.vector))?
     };
 
-    let mut samples = Vec::with_capacity(opts.count as usize);
+    let mut samples = Vec::with_capacity(opts.count.min(1 << 20) as usize);
     for round in 1..=opts.count {
         let t0 = Instant::now();
-        if opts.poll {
+        if poll {
             ctrl.ping_seq.store(round, Ordering::Release);
             spin_until(timeout, || ctrl.pong_seq.load(Ordering::Acquire) == round)
                 .map_err(|_| Error::NoReply(round))?;
         } else {
             dev.ring(peer, opts.vector)?;
-            match dev.wait(u32::from(opts.vector), seen, timeout_ms)? {
+            match waiter.wait(u32::from(opts.vector), seen, timeout_ms)? {
                 Wait::Event(c) => seen = c,
                 Wait::Timeout(_) => return Err(Error::NoReply(round)),
             }
@@ -121,7 +204,7 @@ pub fn ping(dev: &Device, opts: &PingOpts) -> Result<PingResult, Error> {
 
     ctrl.stop.store(1, Ordering::Release);
     ctrl.magic.store(0, Ordering::Release);
-    if !opts.poll {
+    if !poll {
         dev.ring(peer, opts.vector)?; // wake pong to see `stop`
     }
     let stats = Percentiles::of(&mut samples).ok_or(Error::NoReply(0))?;
@@ -131,9 +214,11 @@ pub fn ping(dev: &Device, opts: &PingOpts) -> Result<PingResult, Error> {
 /// Answer pings until ping sets `stop`; returns the rounds answered.
 pub fn pong(dev: &Device, opts: &PingOpts) -> Result<u64, Error> {
     let info = dev.info()?;
-    if !opts.poll {
+    let poll = opts.mode == Mode::Poll;
+    if !poll {
         need_vector(dev, info.vectors, opts.vector)?;
     }
+    let mut waiter = Waiter::new(dev, opts.mode, info.vectors)?;
     let shm = dev.map(info.size)?;
     let ctrl = Ctrl::new(&shm)?;
     let idle_limit = Duration::from_secs(opts.timeout_s);
@@ -144,13 +229,13 @@ pub fn pong(dev: &Device, opts: &PingOpts) -> Result<u64, Error> {
     ctrl.pong_seq.store(0, Ordering::Relaxed);
     ctrl.pong_pos
         .store(u64::try_from(info.position).unwrap_or(0), Ordering::Relaxed);
-    let mut seen = if opts.poll { 0 } else { dev.count(vector)? };
+    let mut seen = if poll { 0 } else { dev.count(vector)? };
     ctrl.magic.store(READY, Ordering::Release);
 
     let mut rounds = 0;
     let mut last_activity = Instant::now();
     loop {
-        if opts.poll {
+        if poll {
             let mut seq = 0;
             let r = spin_until(Duration::from_millis(100), || {
                 seq = ctrl.ping_seq.load(Ordering::Acquire);
@@ -161,7 +246,7 @@ pub fn pong(dev: &Device, opts: &PingOpts) -> Result<u64, Error> {
                 rounds = seq;
                 last_activity = Instant::now();
             }
-        } else if let Wait::Event(c) = dev.wait(vector, seen, 100)? {
+        } else if let Wait::Event(c) = waiter.wait(vector, seen, 100)? {
             seen = c;
             if ctrl.stop.load(Ordering::Acquire) != 0 {
                 break;
