@@ -56,7 +56,7 @@ struct ivshmem_dev {
 	struct ivshmem_vector *vecs;
 	wait_queue_head_t wq;	/* woken on every interrupt and on removal */
 
-	struct mutex files_lock;
+	struct mutex files_lock;	/* guards files */
 	struct list_head files;	/* open ivshmem_file, for unmapping on remove */
 };
 

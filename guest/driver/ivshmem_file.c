@@ -184,8 +184,8 @@ static ssize_t ivshmem_read(struct file *filp, char __user *buf, size_t len,
 			ret = -EAGAIN;
 			goto out;
 		}
-		ret = wait_event_interruptible(idev->wq, READ_ONCE(idev->dead) ||
-							 ivshmem_changed(ifile));
+		ret = wait_event_interruptible(idev->wq,
+					       READ_ONCE(idev->dead) || ivshmem_changed(ifile));
 		if (ret)
 			goto out;
 	}

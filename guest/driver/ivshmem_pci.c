@@ -140,13 +140,13 @@ static void ivshmem_dev_release(struct device *dev)
 
 static int ivshmem_parse_cache(struct pci_dev *pdev, u32 *out)
 {
-	if (!strcmp(cache, "wb"))
+	if (!strcmp(cache, "wb")) {
 		*out = IVSHMEM_CACHE_WB;
-	else if (!strcmp(cache, "wc"))
+	} else if (!strcmp(cache, "wc")) {
 		*out = IVSHMEM_CACHE_WC;
-	else if (!strcmp(cache, "uc"))
+	} else if (!strcmp(cache, "uc")) {
 		*out = IVSHMEM_CACHE_UC;
-	else {
+	} else {
 		dev_err(&pdev->dev, "cache=%s: use wb, wc or uc\n", cache);
 		return -EINVAL;
 	}
