@@ -273,3 +273,214 @@ pub fn bad_checks(out: &Outcome) -> Vec<&str> {
         .filter(|l| l.starts_with("check ") && l.split_whitespace().nth(2) == Some("bad"))
         .collect()
 }
+
+/// A process whose output is collected in the background, so a test can
+/// wait for a line while it keeps running.
+pub struct Running {
+    pub child: Child,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+    err: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    start: Instant,
+}
+
+fn collect<R: Read + Send + 'static>(
+    mut r: R,
+    into: std::sync::Arc<std::sync::Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+}
+
+impl Running {
+    pub fn spawn(program: &str, args: &[&str]) -> Running {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), out.clone()),
+            collect(child.stderr.take().unwrap(), err.clone()),
+        ];
+        Running {
+            child,
+            out,
+            err,
+            readers,
+            start: Instant::now(),
+        }
+    }
+
+    pub fn ivvmm(args: &[&str]) -> Running {
+        Running::spawn(ivvmm(), args)
+    }
+
+    pub fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    /// Waits until stdout or stderr contains `needle`; panics after `timeout`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stdout().contains(needle) || self.stderr().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                panic!(
+                    "exited ({status}) before printing '{needle}'\n--- stdout\n{}\n--- stderr\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "no '{needle}' within {timeout:?}\n--- stdout\n{}\n--- stderr\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends `signal` (e.g. libc::SIGTERM).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for exit (killing it after `timeout`) and returns everything.
+    pub fn finish(mut self, timeout: Duration) -> Outcome {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let s = self.child.wait().unwrap();
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                panic!(
+                    "ran over {timeout:?} and was killed ({s})\n--- stdout\n{}\n--- stderr\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        Outcome {
+            status,
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+            elapsed: self.start.elapsed(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `ivvmm server` on a private socket; stopped (SIGTERM) when dropped.
+pub struct Server {
+    pub socket: PathBuf,
+    pub proc: Option<Running>,
+}
+
+impl Server {
+    /// Starts a server with `args` (e.g. ["-l", "4M", "-n", "2"]).
+    pub fn start(args: &[&str]) -> Server {
+        let socket = std::env::temp_dir().join(unique("ivvmm-test.sock"));
+        let s = socket.to_str().unwrap().to_string();
+        let mut all = vec!["server", "-S", s.as_str()];
+        all.extend_from_slice(args);
+        let proc = Running::ivvmm(&all);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "server socket never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Server {
+            socket,
+            proc: Some(proc),
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        self.socket.to_str().unwrap()
+    }
+
+    /// Stops the server (SIGTERM) and returns its output.
+    pub fn stop(mut self) -> Outcome {
+        let p = self.proc.take().unwrap();
+        p.signal(libc::SIGTERM);
+        p.finish(Duration::from_secs(10))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.signal(libc::SIGTERM);
+            let _ = p.finish(Duration::from_secs(10));
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Starts the test guest (bzImage) under ivvmm with `test` and `extra` flags.
+pub fn start_guest(test: &str, extra: &[&str]) -> Running {
+    let kernel = testguest(false);
+    let cmdline = format!("test={test}");
+    let mut args = vec!["--kernel", kernel.to_str().unwrap(), "--cmdline", &cmdline];
+    args.extend_from_slice(extra);
+    Running::ivvmm(&args)
+}
+
+/// The `key=value` counters of the `ivvmm stats: <section>` line on stderr.
+pub fn stats(out: &Outcome, section: &str) -> std::collections::BTreeMap<String, u64> {
+    let prefix = format!("ivvmm stats: {section} ");
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no '{prefix}' line in {out:?}"));
+    line[prefix.len()..]
+        .split_whitespace()
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
