@@ -228,3 +228,73 @@ fn polling_mode_needs_no_interrupts_at_all() {
     let (ping, pong) = ping_pong(&server, 1000, "mode=poll");
     assert!(ping.passed() && pong.passed(), "{ping:?}\n{pong:?}");
 }
+
+#[test]
+fn vms_keep_talking_after_the_server_dies() {
+    if !require_kvm() {
+        return;
+    }
+    let server = Server::start(&["-l", "32M"]);
+    let dev = ["--server", server.path(), "-v"];
+    let mut pong = start_guest("pingpong role=pong rounds=3000000 timeout_ms=0", &dev);
+    pong.wait_for("pingpong role=pong id=", BOOT);
+    let mut ping = start_guest("pingpong role=ping rounds=3000000 timeout_ms=0", &dev);
+    ping.wait_for("pingpong role=ping id=", BOOT);
+    // Kill the server outright: no disconnect notices for anyone.
+    let mut srv = server;
+    let proc = srv.proc.take().unwrap();
+    proc.signal(libc::SIGKILL);
+    let _ = proc.finish(Duration::from_secs(10));
+    pong.wait_for("went away", Duration::from_secs(10));
+    ping.wait_for("went away", Duration::from_secs(10));
+    // Doorbells still flow: the pong's interrupt count keeps rising. Sample
+    // it through SIGUSR1 stats? The guest only reports at the end, so
+    // instead check both VMs are alive and then stop them in order.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(pong.child.try_wait().unwrap().is_none(), "pong still running");
+    assert!(ping.child.try_wait().unwrap().is_none(), "ping still running");
+    ping.signal(libc::SIGTERM);
+    pong.signal(libc::SIGTERM);
+    let ping = ping.finish(Duration::from_secs(10));
+    let pong = pong.finish(Duration::from_secs(10));
+    assert_eq!(ping.code(), 128 + libc::SIGTERM, "{ping:?}");
+    assert_eq!(pong.code(), 128 + libc::SIGTERM, "{pong:?}");
+}
+
+#[test]
+fn sigusr1_prints_stats_while_running() {
+    if !require_kvm() {
+        return;
+    }
+    let server = Server::start(&["-l", "32M"]);
+    let dev = ["--server", server.path()];
+    let mut pong = start_guest("pingpong role=pong rounds=3000000 timeout_ms=0", &dev);
+    pong.wait_for("pingpong role=pong id=", BOOT);
+    let mut ping = start_guest("pingpong role=ping rounds=3000000 timeout_ms=0", &dev);
+    ping.wait_for("pingpong role=ping id=", BOOT);
+    std::thread::sleep(Duration::from_millis(300));
+    pong.signal(libc::SIGUSR1);
+    pong.wait_for("ivvmm stats: vcpu_exits", Duration::from_secs(5));
+    let first = pong.stderr();
+    std::thread::sleep(Duration::from_millis(700));
+    pong.signal(libc::SIGUSR1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pong.stderr().matches("ivvmm stats: vcpu_exits").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no second stats print");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(pong.child.try_wait().unwrap().is_none(), "SIGUSR1 must not stop the VM");
+    // Between the two prints thousands of doorbells went by; the MMIO exit
+    // count did not move.
+    let all = pong.stderr();
+    let counts: Vec<u64> = all
+        .lines()
+        .filter(|l| l.starts_with("ivvmm stats: vcpu_exits"))
+        .map(|l| field_of(l, "mmio_write").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(counts[0], counts[1], "{first}\n{all}");
+    ping.signal(libc::SIGTERM);
+    pong.signal(libc::SIGTERM);
+    let _ = ping.finish(Duration::from_secs(10));
+    let _ = pong.finish(Duration::from_secs(10));
+}

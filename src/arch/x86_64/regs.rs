@@ -508,7 +508,11 @@ mod tests {
         assert_eq!(get(MSR_STAR), Some(0));
         assert_eq!(get(MSR_IA32_SYSENTER_EIP), Some(0));
         assert_eq!(get(MSR_IA32_MISC_ENABLE), Some(1));
-        assert_eq!(get(MSR_MTRR_DEF_TYPE), Some(0x806), "MTRRs on, write-back default");
+        assert_eq!(
+            get(MSR_MTRR_DEF_TYPE),
+            Some(0x806),
+            "MTRRs on, write-back default"
+        );
     }
 
     #[test]
