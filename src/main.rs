@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// An ivshmem server, wire-compatible with QEMU's ivshmem-server
     Server(cli::server::ServerArgs),
+    /// A host process that joins an ivshmem server as a peer
+    Client(cli::client::ClientArgs),
 }
 
 /// Writes `ivvmm: LEVEL: message` lines to stderr.
@@ -46,6 +48,7 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Server(args) => cli::server::run(args).map_err(Into::into),
+        Command::Client(args) => cli::client::run(args).map_err(Into::into),
     };
     if let Err(e) = result {
         eprintln!("ivvmm: error: {e}");
