@@ -463,3 +463,33 @@ fn shm_dir_gives_an_unlinked_file() {
     drop(server);
     fs::remove_dir(&dir).unwrap();
 }
+
+#[test]
+fn daemon_mode_returns_once_listening_and_cleans_up_on_sigterm() {
+    let sock = tmp("daemon");
+    let pidfile = tmp("daemon-pid");
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ivvmm"))
+        .args(["server", "-D", "-S"])
+        .arg(&sock)
+        .arg("-p")
+        .arg(&pidfile)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(start.elapsed() < T);
+    // Ready when the parent returns: socket and pidfile are there.
+    let pid: i32 = fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(fs::symlink_metadata(&sock).unwrap().file_type().is_socket());
+    Peer::connect(&sock).join(1, &[]);
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + T;
+    while sock.exists() || pidfile.exists() {
+        assert!(Instant::now() < deadline, "daemon left its files behind");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
