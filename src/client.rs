@@ -60,7 +60,7 @@ pub enum ClientError {
         vector: u16,
         after: Duration,
     },
-    #[error("interrupted")]
+    #[error("interrupted by a signal before it was done")]
     Interrupted,
     #[error("{0}")]
     Io(#[from] io::Error),
@@ -215,7 +215,7 @@ impl Client {
         timeout: Option<Duration>,
         stop: Option<BorrowedFd<'_>>,
     ) -> Result<u64, ClientError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.map(crate::protocol::deadline_after);
         loop {
             let fd = self.own_fd(vector)?;
             if let Some(count) = take(fd)? {

@@ -124,10 +124,11 @@ impl Client {
         let mut samples = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
         for round in 0..count {
             let start = Instant::now();
+            let deadline = crate::protocol::deadline_after(timeout);
             self.ring(peer, vector)?;
             let answered = match mode {
-                WaitMode::Spin => self.spin(vector, start + timeout)?,
-                WaitMode::Poll => self.poll_answer(vector, start + timeout, stop)?,
+                WaitMode::Spin => self.spin(vector, deadline)?,
+                WaitMode::Poll => self.poll_answer(vector, deadline, stop)?,
             };
             if !answered {
                 return Err(ClientError::NoAnswer {
