@@ -449,6 +449,10 @@ fn posix_shm_created_by_the_server_is_removed_on_exit_unless_kept() {
     assert!(err.contains("-l 64K"), "{err}");
     assert_eq!(fs::read(&path).unwrap(), vec![7u8; 64 << 10]);
     fs::remove_file(&path).unwrap();
+    // Created, then start-up failed (no such socket directory): removed again.
+    let err = server_fails(&["-S", "/nonexistent/dir/s.sock", "-M", &name, "-l", "64K"]);
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert!(!path.exists(), "a failed start leaves no shm object behind");
 }
 
 #[test]
