@@ -94,8 +94,14 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first so a server removes its socket; SIGKILL if it lingers.
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
