@@ -118,17 +118,19 @@ pub fn run(args: ServerArgs) -> Result<(), Error> {
     }
     let config = args.config()?;
     let pidfile_path = args.pidfile.as_deref().map(absolute).transpose()?;
+    // Signals become events of the loop: block them before the socket
+    // exists, so a SIGTERM right after start-up still stops us in order
+    // (it waits, pending, until the signalfd reads it).
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.thread_block().map_err(Error::Signals)?;
     let mut server = Server::new(&config)?;
     let ready = if args.daemon {
         Some(daemonize()?)
     } else {
         None
     };
-    // Signals become events of the loop: block them, read them from an fd.
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGINT);
-    mask.add(Signal::SIGTERM);
-    mask.thread_block().map_err(Error::Signals)?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(Error::Signals)?;
     let pidfile = pidfile_path.as_deref().map(Pidfile::write).transpose()?;
