@@ -23,6 +23,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Client(args)) => {
+            ivvmm::logger::init(cli.verbose);
+            match cli::client::run(args) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("ivvmm: {e}");
+                    1
+                }
+            }
+        }
         None => {
             ivvmm::logger::init(cli.verbose);
             run_vm(&cli)

@@ -251,8 +251,14 @@ fn vms_keep_talking_after_the_server_dies() {
     // it through SIGUSR1 stats? The guest only reports at the end, so
     // instead check both VMs are alive and then stop them in order.
     std::thread::sleep(Duration::from_millis(500));
-    assert!(pong.child.try_wait().unwrap().is_none(), "pong still running");
-    assert!(ping.child.try_wait().unwrap().is_none(), "ping still running");
+    assert!(
+        pong.child.try_wait().unwrap().is_none(),
+        "pong still running"
+    );
+    assert!(
+        ping.child.try_wait().unwrap().is_none(),
+        "ping still running"
+    );
     ping.signal(libc::SIGTERM);
     pong.signal(libc::SIGTERM);
     let ping = ping.finish(Duration::from_secs(10));
@@ -280,10 +286,16 @@ fn sigusr1_prints_stats_while_running() {
     pong.signal(libc::SIGUSR1);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while pong.stderr().matches("ivvmm stats: vcpu_exits").count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "no second stats print");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second stats print"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(pong.child.try_wait().unwrap().is_none(), "SIGUSR1 must not stop the VM");
+    assert!(
+        pong.child.try_wait().unwrap().is_none(),
+        "SIGUSR1 must not stop the VM"
+    );
     // Between the two prints thousands of doorbells went by; the MMIO exit
     // count did not move.
     let all = pong.stderr();

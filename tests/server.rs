@@ -449,6 +449,10 @@ fn posix_shm_created_by_the_server_is_removed_on_exit_unless_kept() {
     assert!(err.contains("-l 64K"), "{err}");
     assert_eq!(fs::read(&path).unwrap(), vec![7u8; 64 << 10]);
     fs::remove_file(&path).unwrap();
+    // Created, then start-up failed (no such socket directory): removed again.
+    let err = server_fails(&["-S", "/nonexistent/dir/s.sock", "-M", &name, "-l", "64K"]);
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert!(!path.exists(), "a failed start leaves no shm object behind");
 }
 
 #[test]
@@ -462,4 +466,34 @@ fn shm_dir_gives_an_unlinked_file() {
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
     drop(server);
     fs::remove_dir(&dir).unwrap();
+}
+
+#[test]
+fn daemon_mode_returns_once_listening_and_cleans_up_on_sigterm() {
+    let sock = tmp("daemon");
+    let pidfile = tmp("daemon-pid");
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ivvmm"))
+        .args(["server", "-D", "-S"])
+        .arg(&sock)
+        .arg("-p")
+        .arg(&pidfile)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(start.elapsed() < T);
+    // Ready when the parent returns: socket and pidfile are there.
+    let pid: i32 = fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(fs::symlink_metadata(&sock).unwrap().file_type().is_socket());
+    Peer::connect(&sock).join(1, &[]);
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + T;
+    while sock.exists() || pidfile.exists() {
+        assert!(Instant::now() < deadline, "daemon left its files behind");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Command-line definitions (clap) and their conversion into configurations.
 
+pub mod client;
 pub mod server;
 pub mod size;
 pub mod vm;
@@ -51,4 +52,7 @@ pub struct Cli {
 pub enum Command {
     /// An ivshmem server, wire-compatible with QEMU's ivshmem-server.
     Server(server::ServerArgs),
+    /// A host process that joins an ivshmem server as a peer: ring, wait,
+    /// dump, ping, pong.
+    Client(client::ClientArgs),
 }

@@ -16,20 +16,21 @@ use crate::server::{Pidfile, Server, ServerConfig, ServerError, MAX_VECTORS};
 
 /// What differs from QEMU's contrib/ivshmem-server (also in docs/server.md).
 const DIFFERENCES: &str = "\
-Differences from QEMU's ivshmem-server:
-  - Foreground by default (QEMU daemonizes unless -F); -F is accepted, -D daemonizes.
-  - Without -M or -m the memory is an anonymous memfd sealed against shrinking
-    (QEMU uses the POSIX shm object 'ivshmem').
-  - An existing -M object is never resized: it must already be exactly -l bytes
-    (QEMU truncates it). A -M object the server created is removed when it
-    exits, unless --keep-shm; one that existed before is never removed.
+Differences from QEMU's ivshmem-server (details: docs/server.md):
+  - Foreground by default (QEMU daemonizes unless -F); -F is accepted, -D
+    daemonizes; -v is allowed with -D.
+  - Without -M or -m the memory is a memfd sealed against shrinking (QEMU uses
+    the POSIX shm object 'ivshmem').
+  - An existing -M object is never resized: it must be exactly -l bytes (QEMU
+    truncates it). A -M object the server created is removed when it exits,
+    unless --keep-shm; one that existed before is never removed.
   - -l must be a power of two (QEMU rounds up); -M and -m conflict.
-  - -p writes the pidfile in foreground mode too, and removes it on exit.
-  - -v works with -D (messages are then discarded).
-  - SIGINT stops the server like SIGTERM; peers are not told that the others
-    left, so they can keep talking without the server.
+  - -p has no default, works in the foreground too, and the pidfile is removed
+    on exit.
+  - SIGINT stops the server like SIGTERM; remaining peers are not told that the
+    others left, so they can keep talking without the server.
   - A live socket at -S is an error; a stale one is replaced.
-  - A peer that stops reading is dropped instead of stalling the server.";
+  - A peer that stops reading is dropped instead of silently missing notices.";
 
 /// `ivvmm server`: an ivshmem server, wire-compatible with QEMU's.
 #[derive(Debug, clap::Args)]
@@ -63,7 +64,7 @@ pub struct ServerArgs {
     /// Write our pid to this file (removed on exit)
     #[arg(short = 'p', long = "pidfile")]
     pub pidfile: Option<PathBuf>,
-    /// Log more (every message, fds, queue states)
+    /// Log debug details too (fds, greeting sizes, full sockets)
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
 }
@@ -117,17 +118,19 @@ pub fn run(args: ServerArgs) -> Result<(), Error> {
     }
     let config = args.config()?;
     let pidfile_path = args.pidfile.as_deref().map(absolute).transpose()?;
+    // Signals become events of the loop: block them before the socket
+    // exists, so a SIGTERM right after start-up still stops us in order
+    // (it waits, pending, until the signalfd reads it).
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.thread_block().map_err(Error::Signals)?;
     let mut server = Server::new(&config)?;
     let ready = if args.daemon {
         Some(daemonize()?)
     } else {
         None
     };
-    // Signals become events of the loop: block them, read them from an fd.
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGINT);
-    mask.add(Signal::SIGTERM);
-    mask.thread_block().map_err(Error::Signals)?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(Error::Signals)?;
     let pidfile = pidfile_path.as_deref().map(Pidfile::write).transpose()?;

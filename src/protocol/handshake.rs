@@ -117,7 +117,7 @@ pub fn connect_with(
         .map_err(|e| HandshakeError::Connect(path.to_path_buf(), e))?;
     let mut greeting = Greeting::new(path, opts.vectors);
     let mut reader = MessageReader::new();
-    let deadline = Instant::now() + opts.timeout;
+    let deadline = super::deadline_after(opts.timeout);
     let mut last_message = Instant::now();
     loop {
         let received = reader

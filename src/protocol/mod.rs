@@ -22,3 +22,12 @@ pub const MAX_PEER_ID: i64 = u16::MAX as i64;
 
 #[cfg(test)]
 mod tests;
+
+/// `now + after`, saturating: a user may pass an absurdly long timeout, which
+/// must mean "practically forever", not an overflow panic.
+pub(crate) fn deadline_after(after: std::time::Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(after)
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(100 * 365 * 86400)))
+        .unwrap_or(now)
+}

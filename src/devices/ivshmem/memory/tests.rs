@@ -3,6 +3,8 @@
 //! refusal a check that the object was left exactly as it was.
 
 use super::*;
+use nix::sys::statfs::statfs;
+use nix::unistd::ftruncate;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
