@@ -51,7 +51,7 @@ pub enum ClientError {
     },
     #[error("range {offset:#x}+{len:#x} is outside the shared memory ({size}); choose --offset/--len inside it")]
     Range { offset: u64, len: u64, size: String },
-    #[error("no pong at shared memory offset 0 (found {found:?}): start `ivvmm client pong` or the guest's `pingpong role=pong` first, or pass --peer")]
+    #[error("no pong answered in shared memory (record at offset 0 starts with {found:?}): start `ivvmm client pong`, the guest tool's `ivshm pong` or the test guest's `pingpong role=pong` first")]
     NoPong { found: [u8; 4] },
     #[error("round {round}: no answer from peer {peer} within {after:?}; is it running pong on vector {vector}?")]
     NoAnswer {

@@ -171,11 +171,13 @@ fn wait_times_out_with_a_clear_error() {
 #[test]
 fn ring_refuses_unknown_peers_and_vectors() {
     let (_srv, sock) = server(&["-n", "2"]);
-    let _other = client(&sock, &[]);
+    // Wait until the other peer has joined, and ring it by its real id.
+    let mut other = client(&sock, &[]);
+    let other_id = id_of(&other.line()).to_string();
     let err = client_output(&sock, &["ring", "77", "0"]);
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("peer 77 is not connected"));
-    let err = client_output(&sock, &["ring", "0", "2"]);
+    let err = client_output(&sock, &["ring", &other_id, "2"]);
     assert!(String::from_utf8_lossy(&err.stderr).contains("vector 2 does not exist"));
 }
 
@@ -193,7 +195,7 @@ fn ping_pong_between_two_clients_reports_percentiles() {
     let mut pong = client(&sock, &["pong", "--vector", "1"]);
     let pong_id = id_of(&pong.line());
     pong.line_with("ready");
-    // Without --peer: found through the PONG record at offset 0.
+    // Without --peer: found through the rendezvous (docs/pingpong.md).
     let out = client_output(&sock, &["ping", "--count", "300", "--vector", "1"]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -216,6 +218,13 @@ fn ping_pong_between_two_clients_reports_percentiles() {
         ],
     );
     assert!(out.status.success(), "{out:?}");
+    // The pong served one pinger after the other, then stopped on SIGINT.
+    let me = |l: String| l.split_whitespace().nth(1).map(str::to_string);
+    let first = pong.line();
+    assert!(first.ends_with("done answered=300"), "{first}");
+    let second = pong.line();
+    assert!(second.ends_with("done answered=400"), "{second}");
+    assert_ne!(me(first), None);
     pong.signal(Signal::SIGINT);
     assert_eq!(pong.line(), "pong answered=400");
     assert!(pong.wait().success());
@@ -227,12 +236,24 @@ fn ping_without_a_pong_says_how_to_start_one() {
     let out = client_output(&sock, &["ping", "--count", "1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no pong at shared memory offset 0"), "{err}");
-    let silent = client(&sock, &[]); // a peer that never answers
-    let id = id_of(&silent.line()).to_string();
+    assert!(err.contains("no pong answered in shared memory"), "{err}");
+    assert!(err.contains("ivvmm client pong"), "{err}");
+    // A pong that pairs but answers only vector 0 never answers vector 1.
+    let (_srv, sock) = server(&["-n", "2"]);
+    let mut pong = client(&sock, &["pong", "--vector", "0"]);
+    let id = id_of(&pong.line()).to_string();
+    pong.line_with("ready");
     let out = client_output(
         &sock,
-        &["ping", "--peer", &id, "--count", "1", "--timeout", "200ms"],
+        &[
+            "ping",
+            "--count",
+            "1",
+            "--vector",
+            "1",
+            "--timeout",
+            "300ms",
+        ],
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("no answer from peer {id}")), "{err}");

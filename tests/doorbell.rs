@@ -310,3 +310,51 @@ fn sigusr1_prints_stats_while_running() {
     let _ = ping.finish(Duration::from_secs(10));
     let _ = pong.finish(Duration::from_secs(10));
 }
+
+#[test]
+fn host_client_pings_a_vm() {
+    if !require_kvm() {
+        return;
+    }
+    let server = Server::start(&["-l", "4M"]);
+    let mut pong = start_guest(
+        "pingpong role=pong rounds=500",
+        &["--server", server.path()],
+    );
+    pong.wait_for("pingpong role=pong id=", BOOT);
+    let ping = Running::ivvmm(&["client", "-S", server.path(), "ping", "--count", "500"])
+        .finish(Duration::from_secs(60));
+    assert_eq!(ping.code(), 0, "{ping:?}");
+    let line = lines_with(&ping, "ping peer=")[0];
+    for k in ["p50", "p90", "p99", "max"] {
+        let v: f64 = field_of(line, k)
+            .unwrap()
+            .trim_end_matches("us")
+            .parse()
+            .unwrap();
+        assert!(v > 0.0, "{k}: {line}");
+    }
+    assert_eq!(field_of(line, "count").as_deref(), Some("500"), "{line}");
+    let pong = pong.finish(BOOT);
+    assert!(pong.passed(), "{pong:?}");
+}
+
+#[test]
+fn vm_pings_a_host_client() {
+    if !require_kvm() {
+        return;
+    }
+    let server = Server::start(&["-l", "4M"]);
+    let mut pong = Running::ivvmm(&["client", "-S", server.path(), "pong"]);
+    pong.wait_for("ready", BOOT);
+    let ping = start_guest(
+        "pingpong role=ping rounds=500",
+        &["--server", server.path()],
+    )
+    .finish(Duration::from_secs(60));
+    assert!(ping.passed(), "{ping:?}");
+    pong.wait_for("done answered=500", Duration::from_secs(10));
+    pong.signal(libc::SIGINT);
+    let pong = pong.finish(Duration::from_secs(10));
+    assert_eq!(pong.code(), 0, "{pong:?}");
+}

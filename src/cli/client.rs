@@ -56,7 +56,8 @@ pub enum ClientCommand {
     },
     /// Measure round trips to a pong (another client or the test guest)
     Ping {
-        /// The pong's id; default: read from its PONG record at offset 0
+        /// The pong's id, if you want it checked (the pong is found through
+        /// shared memory, docs/pingpong.md)
         #[arg(long)]
         peer: Option<u16>,
         /// Rounds
