@@ -172,7 +172,7 @@ fn wait_times_out_with_a_clear_error() {
 fn ring_refuses_unknown_peers_and_vectors() {
     let (_srv, sock) = server(&["-n", "2"]);
     // Wait until the other peer has joined, and ring it by its real id.
-    let mut other = client(&sock, &[]);
+    let other = client(&sock, &[]);
     let other_id = id_of(&other.line()).to_string();
     let err = client_output(&sock, &["ring", "77", "0"]);
     assert!(!err.status.success());
