@@ -240,7 +240,7 @@ fn ping_without_a_pong_says_how_to_start_one() {
     assert!(err.contains("ivvmm client pong"), "{err}");
     // A pong that pairs but answers only vector 0 never answers vector 1.
     let (_srv, sock) = server(&["-n", "2"]);
-    let mut pong = client(&sock, &["pong", "--vector", "0"]);
+    let pong = client(&sock, &["pong", "--vector", "0"]);
     let id = id_of(&pong.line()).to_string();
     pong.line_with("ready");
     let out = client_output(
