@@ -38,6 +38,20 @@ fn pvh_elf_boots_too() {
 }
 
 #[test]
+fn elf_vmlinux_without_pvh_note_boots_through_the_64bit_entry() {
+    if !require_kvm() {
+        return;
+    }
+    let kernel = testguest_file("testguest.vmlinux");
+    let out = run_ivvmm(
+        &["--kernel", kernel.to_str().unwrap(), "--cmdline", "test=pci"],
+        Duration::from_secs(60),
+    );
+    assert!(out.passed(), "{out:?}");
+    assert_eq!(out.field("pci functions", "functions").as_deref(), Some("1"));
+}
+
+#[test]
 fn exit_port_status_propagates() {
     if !require_kvm() {
         return;

@@ -20,11 +20,15 @@ pub fn repo() -> PathBuf {
 
 /// The test guest as a bzImage (the Linux boot path) or a PVH ELF.
 pub fn testguest(pvh: bool) -> PathBuf {
-    let name = if pvh {
+    testguest_file(if pvh {
         "testguest.pvh.elf"
     } else {
         "testguest.bzImage"
-    };
+    })
+}
+
+/// One of the test guest's builds by file name (see its Makefile).
+pub fn testguest_file(name: &str) -> PathBuf {
     let path = repo().join("guest/testguest/build").join(name);
     assert!(
         path.exists(),
