@@ -108,6 +108,24 @@ fn triple_fault_ends_the_vm() {
 }
 
 #[test]
+fn emulation_failure_ends_the_vmm_with_the_reason_and_rip() {
+    if !require_kvm() {
+        return;
+    }
+    let out = boot_test("bad-insn", &[]);
+    assert_eq!(out.code(), 1, "{out:?}");
+    let lines: Vec<_> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{out:?}");
+    assert!(lines[0].contains("KVM_EXIT_INTERNAL_ERROR"), "{out:?}");
+    assert!(lines[0].contains("emulation failure"), "{out:?}");
+    let rip = lines[0].rsplit("guest RIP 0x").next().unwrap();
+    let rip = u64::from_str_radix(rip.trim(), 16).unwrap();
+    // Inside the test guest's image (loaded at 1 MiB), not garbage.
+    assert!((0x10_0000..0x20_0000).contains(&rip), "{rip:#x}");
+    assert!(!out.stdout.contains("FAIL"), "{out:?}");
+}
+
+#[test]
 fn two_vcpus_come_up() {
     if !require_kvm() {
         return;

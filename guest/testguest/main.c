@@ -19,6 +19,7 @@ static const struct test_case tests[] = {
 	{ "pci", test_pci, true },
 	{ "reboot", test_reboot, true },
 	{ "triplefault", test_triplefault, true },
+	{ "bad-insn", test_bad_insn, true },
 	{ "smp", test_smp, true },
 	{ "serial-echo", test_serial_echo, true },
 	{ "ivshmem-ids", test_ivshmem_ids, true },

@@ -57,3 +57,21 @@ void test_triplefault(void)
 	__asm__ volatile("lidt %0; ud2" ::"m"(empty));
 	fail("still running after a triple fault");
 }
+
+/*
+ * An instruction KVM's emulator does not implement, with its memory operand
+ * in MMIO space (nothing is mapped at 0xd0000000): KVM can't finish the
+ * access and reports an emulation failure, which must end the VMM with an
+ * error naming the exit reason and our RIP. (PVM also fails on the xsetbv.)
+ */
+void test_bad_insn(void)
+{
+	u64 cr4;
+	kputs("bad-insn: xsave to unbacked MMIO; the VMM must stop with an error\n");
+	__asm__ volatile("mov %%cr4, %0" : "=r"(cr4));
+	cr4 |= (1ull << 18) | (1ull << 9);	/* OSXSAVE, OSFXSR */
+	__asm__ volatile("mov %0, %%cr4" ::"r"(cr4));
+	__asm__ volatile("xsetbv" ::"c"(0), "a"(3), "d"(0));
+	__asm__ volatile("xsave64 (%0)" ::"r"(0xd0000000ull), "a"(3), "d"(0) : "memory");
+	fail("still running after an instruction KVM can't emulate on MMIO");
+}
