@@ -184,9 +184,10 @@ mod tests {
             .collect();
         assert!(chips.contains(&(KVM_IRQCHIP_IOAPIC, 4)));
         assert!(chips.contains(&(KVM_IRQCHIP_PIC_MASTER, 4)));
-        let slave = entries
-            .iter()
-            .find(|e| e.gsi == 12 && unsafe { e.u.irqchip.irqchip } == KVM_IRQCHIP_PIC_SLAVE);
+        let slave = entries.iter().find(|e| {
+            // SAFETY: every entry of the default table is an irqchip route.
+            e.gsi == 12 && unsafe { e.u.irqchip.irqchip } == KVM_IRQCHIP_PIC_SLAVE
+        });
         // SAFETY: as above.
         assert_eq!(slave.map(|e| unsafe { e.u.irqchip.pin }), Some(4));
         assert_eq!(entries.iter().filter(|e| e.gsi == 23).count(), 1);

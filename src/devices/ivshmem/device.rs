@@ -366,3 +366,7 @@ impl Drop for IvshmemDevice {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;
