@@ -44,11 +44,19 @@ fn elf_vmlinux_without_pvh_note_boots_through_the_64bit_entry() {
     }
     let kernel = testguest_file("testguest.vmlinux");
     let out = run_ivvmm(
-        &["--kernel", kernel.to_str().unwrap(), "--cmdline", "test=pci"],
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--cmdline",
+            "test=pci",
+        ],
         Duration::from_secs(60),
     );
     assert!(out.passed(), "{out:?}");
-    assert_eq!(out.field("pci functions", "functions").as_deref(), Some("1"));
+    assert_eq!(
+        out.field("pci functions", "functions").as_deref(),
+        Some("1")
+    );
 }
 
 #[test]
