@@ -134,6 +134,27 @@ fn emulation_failure_ends_the_vmm_with_the_reason_and_rip() {
 }
 
 #[test]
+fn unhandled_accesses_read_all_ones_and_are_logged_once() {
+    if !require_kvm() {
+        return;
+    }
+    let out = boot_test("unhandled", &["-v"]);
+    assert!(out.passed(), "{out:?}");
+    assert_eq!(
+        out.field("unhandled reads", "not_all_ones").as_deref(),
+        Some("0")
+    );
+    // 50 rounds of accesses, one log line per address.
+    for needle in [
+        "port access at 0x2f8",
+        "port access at 0x2fb",
+        "MMIO access at 0xd0000000",
+    ] {
+        assert_eq!(out.stderr.matches(needle).count(), 1, "{needle}: {out:?}");
+    }
+}
+
+#[test]
 fn two_vcpus_come_up() {
     if !require_kvm() {
         return;

@@ -20,6 +20,7 @@ static const struct test_case tests[] = {
 	{ "reboot", test_reboot, true },
 	{ "triplefault", test_triplefault, true },
 	{ "bad-insn", test_bad_insn, true },
+	{ "unhandled", test_unhandled, true },
 	{ "smp", test_smp, true },
 	{ "serial-echo", test_serial_echo, true },
 	{ "ivshmem-ids", test_ivshmem_ids, true },
