@@ -21,6 +21,10 @@ use linux::{kv, val, TempDir, Vm};
 const MIB4: u64 = 4 << 20;
 const HOST_PATTERN: u64 = 0x1111_2222_3333_4444;
 const GUEST_PATTERN: u64 = 0x5555_6666_7777_8888;
+/// Where `ivshm check --host` expects the host's words and writes its own
+/// (guest/tool/src/check.rs): clear of the ping-pong rendezvous at 0..0x200.
+const HOST_OFFSETS: [u64; 3] = [0x200, 0x1000, MIB4 - 8];
+const GUEST_OFFSETS: [u64; 3] = [0x240, 0x1040, MIB4 - 64];
 
 fn read_u64(f: &File, off: u64) -> u64 {
     let mut b = [0u8; 8];
@@ -99,7 +103,7 @@ fn guest_verifies_the_host_pattern_and_the_host_sees_the_guest_pattern() {
     let dir = TempDir::new("host");
     let path = dir.path().join("shm");
     let f = shm_file(&path, MIB4);
-    for off in [0, 4096, MIB4 - 8] {
+    for off in HOST_OFFSETS {
         write_u64(&f, off, HOST_PATTERN ^ off);
     }
 
@@ -109,14 +113,14 @@ fn guest_verifies_the_host_pattern_and_the_host_sees_the_guest_pattern() {
     out.assert_ok();
     out.line("check: ok host");
 
-    for off in [64, 4160, MIB4 - 64] {
+    for off in GUEST_OFFSETS {
         assert_eq!(
             read_u64(&f, off),
             GUEST_PATTERN ^ off,
             "guest pattern at {off}"
         );
     }
-    for off in [0, 4096, MIB4 - 8] {
+    for off in HOST_OFFSETS {
         assert_eq!(
             read_u64(&f, off),
             HOST_PATTERN ^ off,
@@ -130,7 +134,7 @@ fn guest_check_fails_when_the_host_pattern_is_missing() {
     let dir = TempDir::new("nohost");
     let path = dir.path().join("shm");
     let f = shm_file(&path, MIB4);
-    write_u64(&f, 0, HOST_PATTERN); // right at 0, missing at 4096
+    write_u64(&f, 0x200, HOST_PATTERN ^ 0x200); // right at 0x200, missing at 0x1000
 
     let out = Vm::new("check-nohost", "check --host")
         .plain(&path, "4M")
@@ -142,7 +146,11 @@ fn guest_check_fails_when_the_host_pattern_is_missing() {
         "{}",
         out.tail()
     );
-    assert_eq!(read_u64(&f, 64), 0, "nothing written after a failed check");
+    assert_eq!(
+        read_u64(&f, GUEST_OFFSETS[0]),
+        0,
+        "nothing written after a failed check"
+    );
 }
 
 #[test]
