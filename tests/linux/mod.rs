@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Helpers for booting the ivvmm Linux guest under `qemu-system-x86_64
-//! -accel tcg`: where the kernel and initramfs are, building a QEMU command
-//! line, running it with a time limit, and reading the serial output.
+//! -accel tcg` or under ivvmm itself (on hardware KVM): where the kernel
+//! and initramfs are, building the command line, running it with a time
+//! limit, and reading the serial output. `checks` holds the assertions the
+//! QEMU and ivvmm tests share.
 //!
 //! The guest is found by asking the build scripts (`guest/kernel/build.sh
 //! --print-path`, `guest/initramfs/build.sh --print-path`), which print the
@@ -10,8 +12,10 @@
 
 #![allow(dead_code)] // not every test file uses every helper
 
+pub mod checks;
+
 use std::ffi::OsString;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,17 +67,57 @@ fn from_env_or(var: &str, script: &str) -> PathBuf {
 /// The kernel and initramfs; panics with what to run when they are missing.
 pub fn images() -> &'static Images {
     static IMAGES: OnceLock<Images> = OnceLock::new();
-    IMAGES.get_or_init(|| {
+    IMAGES.get_or_init(|| Images {
+        kernel: from_env_or("IVVMM_KERNEL", "guest/kernel/build.sh"),
+        initramfs: from_env_or("IVVMM_INITRAMFS", "guest/initramfs/build.sh"),
+    })
+}
+
+/// Panics (naming the fix) unless qemu-system-x86_64 runs.
+fn require_qemu() {
+    static OK: OnceLock<()> = OnceLock::new();
+    OK.get_or_init(|| {
         let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
         assert!(
             qemu.is_ok_and(|o| o.status.success()),
             "qemu-system-x86_64 is missing: install qemu-system-x86 (scripts/setup)"
         );
-        Images {
-            kernel: from_env_or("IVVMM_KERNEL", "guest/kernel/build.sh"),
-            initramfs: from_env_or("IVVMM_INITRAMFS", "guest/initramfs/build.sh"),
+    });
+}
+
+/// The one line a skipped test prints, straight to stderr so that
+/// `cargo test` shows it without --nocapture; one write, so that it does
+/// not interleave with the harness's own lines.
+fn skipped(why: &str) {
+    let line = format!("SKIPPED ({why})\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// Whether a test that boots Linux in ivvmm must skip: on PVM (no
+/// VMX/SVM, `/sys/module/kvm_pvm`) no Linux boots, so it prints
+/// `SKIPPED (PVM: no hardware virtualization)` and returns true. Without a
+/// usable /dev/kvm it fails, unless IVVMM_SKIP_KVM_TESTS is set (then it
+/// skips, saying so).
+pub fn skip_linux_in_ivvmm() -> bool {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        skipped("PVM: no hardware virtualization");
+        return true;
+    }
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
+    match kvm {
+        Ok(_) => false,
+        Err(e) if std::env::var_os("IVVMM_SKIP_KVM_TESTS").is_some() => {
+            skipped(&format!("/dev/kvm is not usable: {e}"));
+            true
         }
-    })
+        Err(e) => panic!(
+            "this test boots Linux in ivvmm and /dev/kvm is not usable ({e}); \
+             run on a KVM host, or set IVVMM_SKIP_KVM_TESTS=1 to skip VM tests"
+        ),
+    }
 }
 
 /// The host's TSC frequency in kHz, measured once against the monotonic
@@ -125,18 +169,30 @@ impl Drop for TempDir {
     }
 }
 
-/// A QEMU command line for the guest.
+/// Which VMM runs the guest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Vmm {
+    /// qemu-system-x86_64 -accel tcg, QEMU's ivshmem devices.
+    QemuTcg,
+    /// ivvmm on /dev/kvm, its own ivshmem devices.
+    Ivvmm,
+}
+
+/// A QEMU or ivvmm command line for the guest.
 pub struct Vm {
     name: String,
+    vmm: Vmm,
     args: Vec<OsString>,
     cmdline: String,
     devices: usize,
 }
 
 impl Vm {
-    /// `run` becomes `ivvmm.run="run"` (so it must not contain `"`).
+    /// The guest under QEMU TCG. `run` becomes `ivvmm.run="run"` (so it
+    /// must not contain `"`).
     pub fn new(name: &str, run: &str) -> Self {
         assert!(!run.contains('"'), "ivvmm.run cannot contain double quotes");
+        require_qemu();
         let img = images();
         let args = [
             "-accel",
@@ -161,11 +217,36 @@ impl Vm {
         .collect();
         Vm {
             name: name.to_string(),
+            vmm: Vmm::QemuTcg,
             args,
             cmdline: format!(
                 "console=ttyS0 panic=-1 quiet tsc_early_khz={} tsc=reliable ivvmm.run=\"{run}\"",
                 host_tsc_khz()
             ),
+            devices: 0,
+        }
+    }
+
+    /// The guest under ivvmm (hardware KVM only: see
+    /// [`skip_linux_in_ivvmm`]). ivvmm's default command line already has
+    /// `console=ttyS0 reboot=k panic=1 acpi=off pci=conf1`; `reboot -f`
+    /// at the end makes ivvmm exit with status 0.
+    pub fn ivvmm(name: &str, run: &str) -> Self {
+        assert!(!run.contains('"'), "ivvmm.run cannot contain double quotes");
+        let img = images();
+        let args = vec![
+            "--kernel".into(),
+            img.kernel.clone().into(),
+            "--initrd".into(),
+            img.initramfs.clone().into(),
+            "--mem".into(),
+            "256M".into(),
+        ];
+        Vm {
+            name: name.to_string(),
+            vmm: Vmm::Ivvmm,
+            args,
+            cmdline: format!("panic=-1 quiet ivvmm.run=\"{run}\""),
             devices: 0,
         }
     }
@@ -176,9 +257,13 @@ impl Vm {
     }
 
     /// An `ivshmem-plain` device backed by the file at `path` (created by
-    /// QEMU if missing), shared with the host.
+    /// the VMM if missing), shared with the host.
     pub fn plain(mut self, path: &Path, size: &str) -> Self {
         self.devices += 1;
+        if self.vmm == Vmm::Ivvmm {
+            let spec = format!("path={},size={size}", utf8(path));
+            return self.arg("--ivshmem").arg(spec);
+        }
         let id = format!("hostmem{}", self.devices);
         let mut obj = OsString::from(format!(
             "memory-backend-file,id={id},size={size},share=on,mem-path="
@@ -193,6 +278,10 @@ impl Vm {
     /// An `ivshmem-doorbell` device on the server at `socket`.
     pub fn doorbell(mut self, socket: &Path, vectors: u32) -> Self {
         self.devices += 1;
+        if self.vmm == Vmm::Ivvmm {
+            let spec = format!("server={},vectors={vectors}", utf8(socket));
+            return self.arg("--ivshmem").arg(spec);
+        }
         let id = format!("ivsh{}", self.devices);
         let mut chardev = OsString::from(format!("socket,id={id},path="));
         chardev.push(socket);
@@ -210,15 +299,19 @@ impl Vm {
     }
 
     pub fn spawn(self) -> Running {
-        let mut child = Command::new("qemu-system-x86_64")
+        let (program, cmdline_flag) = match self.vmm {
+            Vmm::QemuTcg => ("qemu-system-x86_64", "-append"),
+            Vmm::Ivvmm => (env!("CARGO_BIN_EXE_ivvmm"), "--cmdline"),
+        };
+        let mut child = Command::new(program)
             .args(&self.args)
-            .arg("-append")
+            .arg(cmdline_flag)
             .arg(&self.cmdline)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start qemu-system-x86_64");
+            .unwrap_or_else(|e| panic!("start {program}: {e}"));
         let output = Arc::new(Mutex::new(Vec::new()));
         let readers = [
             collect(
@@ -249,6 +342,16 @@ impl Vm {
     pub fn run(self) -> Output {
         self.spawn().finish()
     }
+}
+
+/// A path as the UTF-8 an ivvmm `--ivshmem` spec needs (ours always are).
+fn utf8(path: &Path) -> &str {
+    let s = path.to_str().expect("a UTF-8 path");
+    assert!(
+        !s.contains(','),
+        "{s}: a comma would split the --ivshmem spec"
+    );
+    s
 }
 
 fn collect(src: Option<Box<dyn Read + Send>>, out: &Arc<Mutex<Vec<u8>>>) -> Option<JoinHandle<()>> {
@@ -287,7 +390,7 @@ impl Running {
     /// Wait for the VM to end (killing it after [`VM_TIMEOUT`]).
     pub fn finish(mut self) -> Output {
         let status = loop {
-            if let Some(st) = self.child.try_wait().expect("wait for qemu") {
+            if let Some(st) = self.child.try_wait().expect("wait for the VMM") {
                 break Some(st);
             }
             if self.started.elapsed() > VM_TIMEOUT {
@@ -317,7 +420,9 @@ impl Running {
                 out.name,
                 out.tail()
             ),
-            Some(st) if !st.success() => panic!("{}: qemu failed ({st})\n{}", out.name, out.tail()),
+            Some(st) if !st.success() => {
+                panic!("{}: the VMM failed ({st})\n{}", out.name, out.tail())
+            }
             Some(_) => out,
         }
     }

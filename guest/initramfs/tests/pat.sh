@@ -12,6 +12,7 @@ touch_all() {
 dump() {
 	for d in /sys/class/ivshmem/ivshmem*; do
 		# line 3 of the PCI resource file is BAR2: start end flags
+		# shellcheck disable=SC2046 # split into its three words on purpose
 		set -- $(sed -n 3p "$(readlink -f "$d/device")/resource")
 		echo "BAR2 $MODE ${d##*/} $1 $2 cache=$(cat "$d/cache")"
 	done

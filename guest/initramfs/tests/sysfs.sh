@@ -9,7 +9,7 @@ for d in /sys/class/ivshmem/ivshmem*; do
 	if [ -c "/dev/$n" ]; then node=yes; else node=no; fi
 	echo "SYSFS $n size=$(cat "$d/size") position=$(cat "$d/position")" \
 		"vectors=$(cat "$d/vectors") cache=$(cat "$d/cache")" \
-		"events=$(cat "$d/events" | tr ' ' ,) node=$node" \
+		"events=$(tr ' ' , <"$d/events") node=$node" \
 		"pci=$(basename "$(readlink "$d/device")")" \
 		"mode=$(stat -c %a "/dev/$n")"
 	ivshm --dev "/dev/$n" info || rc=1

@@ -16,7 +16,15 @@ usage: ivshm [--dev /dev/ivshmemN] COMMAND [OPTIONS]
                              (waits: wait ioctl by default, --epoll: epoll +
                              read, --poll: spin on shared memory, no doorbell)
   hold [--secs S]            map BAR2 and read it every 100 ms for S seconds
-                             (for tests of unbind/rmmod under a live mapping)";
+                             (for tests of unbind/rmmod under a live mapping)
+  mmio FILE OFFSET [WIDTH [VALUE]]
+                             busybox devmem on a PCI resource file (e.g.
+                             /sys/bus/pci/devices/0000:00:04.0/resource0),
+                             no driver needed: WIDTH 8/16/32/64 (default 32);
+                             reads print the value as devmem does (0x%0*X)
+
+ping and pong pair up as docs/pingpong.md says, so the partner may be the
+ivvmm test guest or a host client as well as ivshm in another VM.";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
@@ -32,7 +40,18 @@ pub enum Command {
     Ping(PingOpts),
     Pong(PingOpts),
     Hold { secs: u64 },
+    Mmio(MmioOpts),
     Help,
+}
+
+/// `mmio FILE OFFSET [WIDTH [VALUE]]`: one access to a PCI resource file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MmioOpts {
+    pub file: String,
+    pub offset: u64,
+    /// Bits: 8, 16, 32 or 64.
+    pub width: u32,
+    pub value: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +135,12 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, Error> {
             None => return Err(Error::Usage("no command given".into())),
         }
     };
+    if cmd_name == "mmio" {
+        return Ok(Args {
+            dev,
+            cmd: Command::Mmio(parse_mmio(it)?),
+        });
+    }
     let mut host = false;
     let (mut size, mut ms) = (None, 500);
     let mut po = PingOpts::default();
@@ -151,6 +176,43 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, Error> {
         other => return Err(Error::Usage(format!("unknown command '{other}'"))),
     };
     Ok(Args { dev, cmd })
+}
+
+fn parse_mmio(it: impl Iterator<Item = String>) -> Result<MmioOpts, Error> {
+    let words: Vec<String> = it.collect();
+    let num = |what: &str, w: &String| {
+        parse_num::<u64>(w).ok_or_else(|| Error::Usage(format!("mmio: {what} {w}: not a number")))
+    };
+    let (file, offset) = match words.as_slice() {
+        [file, offset, ..] => (file.clone(), num("OFFSET", offset)?),
+        _ => return Err(Error::Usage("mmio needs FILE and OFFSET".into())),
+    };
+    let width = match words.get(2) {
+        None => 32,
+        Some(w) => match num("WIDTH", w)? {
+            w @ (8 | 16 | 32 | 64) => w as u32,
+            _ => {
+                return Err(Error::Usage(format!(
+                    "mmio: WIDTH {w}: use 8, 16, 32 or 64"
+                )))
+            }
+        },
+    };
+    let value = words.get(3).map(|v| num("VALUE", v)).transpose()?;
+    if value.is_some_and(|v| width < 64 && v >> width != 0) {
+        return Err(Error::Usage(format!(
+            "mmio: the value does not fit in {width} bits"
+        )));
+    }
+    if words.len() > 4 {
+        return Err(Error::Usage("mmio: too many arguments".into()));
+    }
+    Ok(MmioOpts {
+        file,
+        offset,
+        width,
+        value,
+    })
 }
 
 #[cfg(test)]
@@ -211,6 +273,30 @@ mod tests {
                 ms: 500
             }
         );
+    }
+
+    #[test]
+    fn mmio_takes_devmem_arguments() {
+        let m = |s| match p(s).unwrap().cmd {
+            Command::Mmio(o) => o,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            m("mmio /sys/x/resource0 8"),
+            MmioOpts {
+                file: "/sys/x/resource0".into(),
+                offset: 8,
+                width: 32,
+                value: None
+            }
+        );
+        let w = m("mmio r2 0x40 64 0xffffffffffffffff");
+        assert_eq!((w.offset, w.width, w.value), (0x40, 64, Some(u64::MAX)));
+        assert_eq!(m("mmio r 0 8 255").value, Some(255));
+        assert!(matches!(p("mmio r 0 8 256"), Err(Error::Usage(_))));
+        assert!(matches!(p("mmio r 0 24"), Err(Error::Usage(_))));
+        assert!(matches!(p("mmio r"), Err(Error::Usage(_))));
+        assert!(matches!(p("mmio r 0 32 1 2"), Err(Error::Usage(_))));
     }
 
     #[test]

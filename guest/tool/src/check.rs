@@ -32,16 +32,17 @@ impl Words for crate::dev::Shm {
     }
 }
 
-/// Where the host writes its pattern: the first word, the second page,
-/// the last word.
+/// Where the host writes its pattern: the first word after the ping-pong
+/// rendezvous block (docs/pingpong.md owns 0..0x200), the second page, the
+/// last word.
 pub fn host_offsets(size: u64) -> [u64; 3] {
-    [0, 4096, size - 8]
+    [crate::rendezvous::END, 4096, size - 8]
 }
 
 /// Where we write ours: one cache line after each host offset (the last
 /// one below the end).
 pub fn guest_offsets(size: u64) -> [u64; 3] {
-    [64, 4160, size - 64]
+    [crate::rendezvous::END + 64, 4096 + 64, size - 64]
 }
 
 /// Smallest region the host/guest offsets fit in without overlapping.
@@ -119,10 +120,20 @@ mod tests {
     }
 
     #[test]
-    fn offsets_match_the_brief_for_4m() {
+    fn offsets_for_4m_are_the_ones_the_host_tests_use() {
         let size = 4 << 20;
-        assert_eq!(host_offsets(size), [0, 4096, size - 8]);
-        assert_eq!(guest_offsets(size), [64, 4160, size - 64]);
+        assert_eq!(host_offsets(size), [0x200, 0x1000, size - 8]);
+        assert_eq!(guest_offsets(size), [0x240, 0x1040, size - 64]);
+    }
+
+    #[test]
+    fn check_words_stay_clear_of_the_ping_pong_rendezvous() {
+        for size in [MIN_HOST_CHECK_SIZE, 1 << 16, 4 << 20] {
+            for off in host_offsets(size).into_iter().chain(guest_offsets(size)) {
+                assert!(off >= crate::rendezvous::END, "size {size}: {off:#x}");
+                assert!(off + 8 <= size, "size {size}: {off:#x}");
+            }
+        }
     }
 
     #[test]
@@ -151,7 +162,7 @@ mod tests {
     #[test]
     fn host_check_reports_the_first_bad_word() {
         let mem = VecWords::new(1 << 16);
-        mem.write(0, HOST_PATTERN).unwrap();
+        mem.write(0x200, HOST_PATTERN ^ 0x200).unwrap();
         match host_check(&mem) {
             Err(Error::Mismatch { off, want, got }) => {
                 assert_eq!((off, want, got), (4096, HOST_PATTERN ^ 4096, 0));

@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use crate::Error;
 
@@ -241,13 +241,22 @@ impl Shm {
         self.ptr.as_ptr()
     }
 
-    fn word(&self, off: u64) -> Result<*mut u64, Error> {
+    /// A pointer to the naturally aligned `width`-byte item at `off`.
+    fn item(&self, off: u64, width: usize) -> Result<*mut u8, Error> {
         let off_usize = usize::try_from(off).map_err(|_| Error::OutOfRange(off))?;
-        if off % 8 != 0 || off_usize.checked_add(8).is_none_or(|end| end > self.len) {
+        if off_usize % width != 0
+            || off_usize
+                .checked_add(width)
+                .is_none_or(|end| end > self.len)
+        {
             return Err(Error::OutOfRange(off));
         }
-        // SAFETY: off + 8 <= len, so the result stays inside the mapping.
-        Ok(unsafe { self.ptr.as_ptr().add(off_usize) }.cast::<u64>())
+        // SAFETY: off + width <= len, so the result stays inside the mapping.
+        Ok(unsafe { self.ptr.as_ptr().add(off_usize) })
+    }
+
+    fn word(&self, off: u64) -> Result<*mut u64, Error> {
+        Ok(self.item(off, 8)?.cast::<u64>())
     }
 
     pub fn read(&self, off: u64) -> Result<u64, Error> {
@@ -270,6 +279,33 @@ impl Shm {
         // AtomicU64 has the layout of u64 and all its accesses are atomic.
         Ok(unsafe { &*(p as *const AtomicU64) })
     }
+
+    /// An atomic view of the 32-bit word at `off` (4-byte aligned).
+    pub fn atomic32(&self, off: u64) -> Result<&AtomicU32, Error> {
+        let p = self.item(off, 4)?;
+        // SAFETY: aligned, in bounds, valid for the lifetime of &self;
+        // AtomicU32 has the layout of u32 and all its accesses are atomic.
+        Ok(unsafe { &*(p as *const AtomicU32) })
+    }
+
+    /// Anonymous shared memory standing in for BAR2 in unit tests.
+    #[cfg(test)]
+    pub fn anonymous(len: usize) -> Shm {
+        // SAFETY: a fresh anonymous mapping chosen by the kernel.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED, "anonymous mmap of {len} bytes");
+        let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null");
+        Shm { ptr, len }
+    }
 }
 
 impl Drop for Shm {
@@ -289,6 +325,19 @@ mod tests {
         assert_eq!(IOC_INFO, 0x8018_E700);
         assert_eq!(IOC_RING, 0x4008_E701);
         assert_eq!(IOC_WAIT, 0xC010_E702);
+    }
+
+    #[test]
+    fn shm_accesses_are_aligned_and_in_bounds() {
+        let shm = Shm::anonymous(4096);
+        shm.atomic32(4092)
+            .unwrap()
+            .store(7, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(shm.read(4088).unwrap(), 7 << 32);
+        assert!(matches!(shm.atomic32(4096), Err(Error::OutOfRange(4096))));
+        assert!(matches!(shm.atomic32(2), Err(Error::OutOfRange(2))));
+        assert!(matches!(shm.atomic(4092), Err(Error::OutOfRange(4092))));
+        assert!(matches!(shm.read(u64::MAX - 7), Err(Error::OutOfRange(_))));
     }
 
     #[test]

@@ -1,14 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `ivshm`: the ivvmm guest tool. Talks to the ivshmem driver
 //! (guest/driver) through /dev/ivshmemN. Every command ends with one
-//! machine-parseable line on stdout: `<command>: ok key=value ...`.
+//! machine-parseable line on stdout: `<command>: ok key=value ...`
+//! (except `mmio`, which prints what busybox devmem would).
 
 mod args;
 mod bw;
 mod check;
 mod dev;
+mod mmio;
 mod pingpong;
+mod rendezvous;
 mod stats;
+mod waiter;
 
 use std::io;
 use std::process::ExitCode;
@@ -40,12 +44,14 @@ pub enum Error {
     Mismatch { off: u64, want: u64, got: u64 },
     #[error("{0} has {1} interrupt vectors, so vector {2} cannot be used: pick --vector below {1}, use --poll, or give the device vectors=N")]
     NoVector(String, u32, u16),
-    #[error("peer id {0} in shared memory is not a 16-bit id: is the other side an ivshm pong?")]
+    #[error("peer id {0} is not a 16-bit id: does the other side speak docs/pingpong.md?")]
     BadPeer(u64),
     #[error(
         "no reply to round {0}: is pong running in the peer VM and connected to the same server?"
     )]
     NoReply(u64),
+    #[error("cannot map {0}: {1} (a PCI resource file, e.g. /sys/bus/pci/devices/0000:00:04.0/resource0?)")]
+    Mmio(String, io::Error),
     #[error("timed out after {0} s waiting for {1}")]
     Timeout(u64, &'static str),
 }
@@ -55,10 +61,16 @@ fn run(a: args::Args) -> Result<(), Error> {
         println!("{USAGE}");
         return Ok(());
     }
+    if let Command::Mmio(ref o) = a.cmd {
+        if let Some(v) = mmio::access(o)? {
+            println!("{}", mmio::format(o.width, v));
+        }
+        return Ok(());
+    }
     let dev = Device::open(&a.dev)?;
     let info = dev.info()?;
     match a.cmd {
-        Command::Help => {}
+        Command::Help | Command::Mmio(_) => {}
         Command::Info => println!(
             "info: ok dev={} size={} position={} vectors={} cache={}",
             a.dev, info.size, info.position, info.vectors, info.cache
@@ -108,10 +120,10 @@ fn run(a: args::Args) -> Result<(), Error> {
             println!("hold: ok secs={secs} sum={sum:#x}");
         }
         Command::Pong(ref o) => {
-            let rounds = pingpong::pong(&dev, o)?;
+            let r = pingpong::pong(&dev, o)?;
             println!(
-                "pong: ok rounds={rounds} mode={} position={}",
-                o.mode, info.position
+                "pong: ok rounds={} mode={} position={} peer={}",
+                r.rounds, o.mode, info.position, r.peer
             );
         }
     }

@@ -1,0 +1,289 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! The Linux guest checks shared by tests/linux_tcg.rs (QEMU TCG) and
+//! tests/linux_ivvmm.rs (ivvmm on hardware KVM): the same guest scripts
+//! (guest/initramfs/tests/*.sh, `ivshm`) judged the same way, whatever VMM
+//! ran them.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{kv, val, Output};
+
+pub const MIB4: u64 = 4 << 20;
+pub const HOST_PATTERN: u64 = 0x1111_2222_3333_4444;
+pub const GUEST_PATTERN: u64 = 0x5555_6666_7777_8888;
+/// Where `ivshm check --host` expects the host's words and writes its own
+/// in 4 MiB (guest/tool/src/check.rs): clear of the ping-pong rendezvous
+/// at 0..0x200 (docs/pingpong.md).
+pub const HOST_OFFSETS: [u64; 3] = [0x200, 0x1000, MIB4 - 8];
+pub const GUEST_OFFSETS: [u64; 3] = [0x240, 0x1040, MIB4 - 64];
+
+pub fn read_u64(f: &File, off: u64) -> u64 {
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, off)
+        .expect("read the shared memory file");
+    u64::from_le_bytes(b)
+}
+
+pub fn write_u64(f: &File, off: u64, v: u64) {
+    f.write_all_at(&v.to_le_bytes(), off)
+        .expect("write the shared memory file");
+}
+
+/// A zeroed file of `size` bytes to back a plain device.
+pub fn shm_file(path: &Path, size: u64) -> File {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .expect("create the shared memory file");
+    f.set_len(size).expect("size the shared memory file");
+    f
+}
+
+/// The host's words for `check --host` in a 4 MiB file.
+pub fn write_host_pattern(f: &File) {
+    for off in HOST_OFFSETS {
+        write_u64(f, off, HOST_PATTERN ^ off);
+    }
+}
+
+/// After `check --host`: the guest's words arrived, the host's are intact.
+pub fn assert_guest_pattern(f: &File) {
+    for off in GUEST_OFFSETS {
+        assert_eq!(
+            read_u64(f, off),
+            GUEST_PATTERN ^ off,
+            "guest pattern at {off:#x}"
+        );
+    }
+    for off in HOST_OFFSETS {
+        assert_eq!(
+            read_u64(f, off),
+            HOST_PATTERN ^ off,
+            "host word {off:#x} kept"
+        );
+    }
+}
+
+/// What /tests/sysfs.sh printed, for plain devices given as (name, size in
+/// bytes, PCI address) in PCI order.
+pub fn assert_sysfs(out: &Output, want: &[(&str, &str, &str)]) {
+    out.assert_ok();
+    let devs = out.lines("SYSFS ivshmem");
+    assert_eq!(
+        devs.len(),
+        want.len(),
+        "one char device per device\n{}",
+        out.tail()
+    );
+    for (line, (name, size, pci)) in devs.iter().zip(want) {
+        assert!(line.starts_with(&format!("SYSFS {name} ")), "{line}");
+        assert_eq!(val(line, "size"), *size, "{line}");
+        assert_eq!(
+            val(line, "position"),
+            "0",
+            "plain devices have no id: {line}"
+        );
+        assert_eq!(
+            val(line, "vectors"),
+            "0",
+            "plain devices have no MSI-X: {line}"
+        );
+        assert_eq!(val(line, "node"), "yes", "/dev/{name} exists: {line}");
+        assert_eq!(val(line, "mode"), "600", "/dev/{name} is 0600: {line}");
+        assert_eq!(val(line, "pci"), *pci, "{line}");
+    }
+    let infos = out.lines("info: ok");
+    assert_eq!(infos.len(), want.len(), "{}", out.tail());
+    for (info, (name, size, _)) in infos.iter().zip(want) {
+        assert_eq!(val(info, "dev"), format!("/dev/{name}"), "{info}");
+        assert_eq!(val(info, "size"), *size, "{info}");
+    }
+    assert_eq!(
+        out.lines("check: ok self").len(),
+        want.len(),
+        "{}",
+        out.tail()
+    );
+    for bw in out.lines("bw: ok") {
+        let w: f64 = val(bw, "write_mbps").parse().expect("a number");
+        assert!(w > 0.0, "{bw}");
+    }
+}
+
+/// What /tests/rmmod-live.sh printed.
+pub fn assert_rmmod_live(out: &Output) {
+    out.assert_ok();
+    let step = |name: &str| out.line(&format!("STEP {name}")).to_string();
+    assert_ne!(
+        val(&step("rmmod-while-mapped"), "rc"),
+        "0",
+        "a live mapping pins the module"
+    );
+    assert_eq!(val(&step("holder-after-rmmod"), "alive"), "yes");
+    out.line("hold: mapped");
+    assert_eq!(val(&step("unbind"), "rc"), "0");
+    assert_eq!(
+        val(&step("holder-exit"), "rc"),
+        "135",
+        "the holder's next access after unbind gets SIGBUS (128+7)"
+    );
+    assert!(out.lines("hold: ok").is_empty(), "the mapping was revoked");
+    assert_eq!(val(&step("rmmod-after-unbind"), "rc"), "0");
+    assert_eq!(val(&step("loaded"), "loaded"), "no");
+    let re = step("reinsmod");
+    assert_eq!((val(&re, "rc"), val(&re, "node")), ("0", "yes"), "{re}");
+    out.line("info: ok");
+    assert_eq!(
+        val(&step("dmesg-bad"), "dmesg-bad"),
+        "0",
+        "no oops or warning"
+    );
+}
+
+/// The PAT memtype entry covering [start, end], e.g. "write-back", from
+/// what /tests/pat.sh printed in `mode` (wb or uc).
+pub fn pat_type(out: &Output, mode: &str, start: u64, end: u64) -> String {
+    let begin = format!("PAT-BEGIN {mode}");
+    let finish = format!("PAT-END {mode}");
+    let list: Vec<&str> = out
+        .text
+        .lines()
+        .skip_while(|l| !l.contains(&begin))
+        .take_while(|l| !l.contains(&finish))
+        .collect();
+    for l in &list {
+        // PAT: [mem 0x0000000100000000-0x0000000180000000] write-back
+        let Some(rest) = l.strip_prefix("PAT: [mem ") else {
+            continue;
+        };
+        let Some((range, ty)) = rest.split_once("] ") else {
+            continue;
+        };
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+        if let (Some(a), Some(b)) = (hex(a), hex(b)) {
+            if a <= start && end < b {
+                return ty.trim().to_string();
+            }
+        }
+    }
+    panic!(
+        "{mode}: no PAT entry covers {start:#x}-{end:#x}\n{}",
+        list.join("\n")
+    );
+}
+
+/// BAR2's first and last address and the driver's `cache`, from pat.sh.
+pub fn bar2(out: &Output, mode: &str, dev: &str) -> (u64, u64, String) {
+    let line = out.line(&format!("BAR2 {mode} {dev} "));
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex address");
+    (hex(w[3]), hex(w[4]), val(line, "cache").to_string())
+}
+
+/// The pat.sh control: reloaded with cache=uc, the same BAR is uncached,
+/// so a write-back result is the driver's doing.
+pub fn assert_uc_control(out: &Output) {
+    let (start, end, cache) = bar2(out, "uc", "ivshmem0");
+    assert_eq!(pat_type(out, "uc", start, end), "uncached");
+    assert_eq!(cache, "uncached");
+}
+
+/// The commands of a ping and a pong VM that play 100 rounds in each wait
+/// mode: irq (wait ioctl), epoll + read on vector 1, poll (no doorbell).
+pub const PONG_PHASES: &str = "cat /sys/class/ivshmem/ivshmem0/vectors && ivshm pong && \
+     ivshm pong --epoll --vector 1 && ivshm pong --poll";
+pub const PING_PHASES: &str = "ivshm info && ivshm ping --count 100 && \
+     ivshm ping --epoll --vector 1 --count 100 && ivshm ping --poll --count 100";
+
+/// What the two VMs running [`PING_PHASES`] / [`PONG_PHASES`] printed, on
+/// 4 MiB doorbell devices with 2 vectors.
+pub fn assert_ping_pong_phases(ping: &Output, pong: &Output) {
+    ping.assert_ok();
+    pong.assert_ok();
+    let info = ping.line("info: ok");
+    assert_eq!(val(info, "vectors"), "2", "{info}");
+    assert_eq!(val(info, "size"), "4194304", "{info}");
+    let pongs = pong.lines("pong: ok");
+    let pings = ping.lines("ping: ok");
+    assert_eq!(pongs.len(), 3, "{}", pong.tail());
+    assert_eq!(pings.len(), 3, "{}", ping.tail());
+    for (mode, (pi, po)) in ["irq", "epoll", "poll"]
+        .iter()
+        .zip(pings.iter().zip(&pongs))
+    {
+        eprintln!("{pi}");
+        assert_eq!(val(pi, "mode"), *mode, "{pi}");
+        assert_eq!(val(pi, "rounds"), "100", "{pi}");
+        assert_eq!(val(po, "rounds"), "100", "pong answered every ping: {po}");
+        assert_eq!(val(pi, "peer"), val(po, "position"), "ping rang pong's id");
+        assert_eq!(
+            val(po, "peer"),
+            val(info, "position"),
+            "pong paired with ping"
+        );
+        let p = |k| val(pi, k).parse::<u64>().expect("ns");
+        assert!(
+            p("p50") > 0 && p("p50") <= p("p90") && p("p90") <= p("p99") && p("p99") <= p("max"),
+            "{pi}"
+        );
+        assert!(kv(pi, "unit") == Some("ns"), "{pi}");
+    }
+    assert_ne!(
+        val(info, "position"),
+        val(pongs[0], "position"),
+        "the server gave the VMs different ids"
+    );
+}
+
+/// `ivvmm server` on `sock` (4 MiB, 2 vectors); killed when dropped.
+pub struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn start_server(sock: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ivvmm"))
+        .arg("server")
+        .arg("-S")
+        .arg(sock)
+        .args(["-l", "4M", "-n", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ivvmm server");
+    let start = Instant::now();
+    while !sock.exists() {
+        if let Ok(Some(st)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!(
+                "ivvmm server exited ({st}) before listening on {}: {err}",
+                sock.display()
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "ivvmm server is not listening on {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server(child)
+}

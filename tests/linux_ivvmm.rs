@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Linux inside ivvmm: the checks of tests/linux_tcg.rs (driver binding,
+//! `check --host` both ways, a write-back BAR2 mapping, ping-pong between
+//! two VMs through the driver, rmmod under a live mapping), with our guest
+//! kernel and initramfs booted by ivvmm itself
+//! (`ivvmm --kernel bzImage --initrd initramfs --cmdline ivvmm.run=...`).
+//!
+//! Only on hardware KVM: on PVM (`/sys/module/kvm_pvm`) no Linux boots, and
+//! each test prints `SKIPPED (PVM: no hardware virtualization)` and returns.
+//! Needs the guest images (run `scripts/setup`).
+
+mod linux;
+
+use linux::checks::{self, MIB4};
+use linux::{skip_linux_in_ivvmm, TempDir, Vm};
+
+#[test]
+fn driver_binds_every_plain_device_with_its_sysfs_attributes() {
+    if skip_linux_in_ivvmm() {
+        return;
+    }
+    let dir = TempDir::new("ivvmm-sysfs");
+    let out = Vm::ivvmm("sysfs", "sh /tests/sysfs.sh")
+        .plain(&dir.path().join("a"), "4M")
+        .plain(&dir.path().join("b"), "1M")
+        .run();
+    // ivvmm: the host bridge is 00:00.0, then one slot per device in
+    // command-line order.
+    checks::assert_sysfs(
+        &out,
+        &[
+            ("ivshmem0", "4194304", "0000:00:01.0"),
+            ("ivshmem1", "1048576", "0000:00:02.0"),
+        ],
+    );
+}
+
+#[test]
+fn guest_verifies_the_host_pattern_and_the_host_sees_the_guest_pattern() {
+    if skip_linux_in_ivvmm() {
+        return;
+    }
+    let dir = TempDir::new("ivvmm-host");
+    let path = dir.path().join("shm");
+    let f = checks::shm_file(&path, MIB4);
+    checks::write_host_pattern(&f);
+
+    let out = Vm::ivvmm("check-host", "check --host")
+        .plain(&path, "4M")
+        .run();
+    out.assert_ok();
+    out.line("check: ok host");
+    checks::assert_guest_pattern(&f);
+}
+
+#[test]
+fn bar2_mapping_is_write_back() {
+    if skip_linux_in_ivvmm() {
+        return;
+    }
+    // ivvmm puts BAR2 above RAM and 4 GiB and enables the MTRRs with a
+    // write-back default, so even a small BAR gets write-back.
+    let dir = TempDir::new("ivvmm-pat");
+    let out = Vm::ivvmm("pat-4M", "sh /tests/pat.sh")
+        .plain(&dir.path().join("shm"), "4M")
+        .run();
+    out.assert_ok();
+
+    let (start, end, cache) = checks::bar2(&out, "wb", "ivshmem0");
+    assert!(start >= 1 << 32, "BAR2 is above 4 GiB: {start:#x}");
+    assert_eq!(end - start + 1, MIB4);
+    assert_eq!(checks::pat_type(&out, "wb", start, end), "write-back");
+    assert_eq!(cache, "write-back", "the driver reports the real type");
+    checks::assert_uc_control(&out);
+}
+
+#[test]
+fn two_vms_ping_pong_through_the_driver_over_ivvmm_server() {
+    if skip_linux_in_ivvmm() {
+        return;
+    }
+    let dir = TempDir::new("ivvmm-doorbell");
+    let sock = dir.path().join("sock");
+    let _server = checks::start_server(&sock);
+
+    let pong = Vm::ivvmm("pong", checks::PONG_PHASES)
+        .doorbell(&sock, 2)
+        .spawn();
+    let ping = Vm::ivvmm("ping", checks::PING_PHASES)
+        .doorbell(&sock, 2)
+        .spawn();
+    let ping = ping.finish();
+    let pong = pong.finish();
+    checks::assert_ping_pong_phases(&ping, &pong);
+}
+
+#[test]
+fn rmmod_is_refused_while_mapped_and_unbind_revokes_the_mapping() {
+    if skip_linux_in_ivvmm() {
+        return;
+    }
+    let dir = TempDir::new("ivvmm-rmmod");
+    let out = Vm::ivvmm("rmmod", "sh /tests/rmmod-live.sh")
+        .plain(&dir.path().join("shm"), "4M")
+        .run();
+    checks::assert_rmmod_live(&out);
+}
