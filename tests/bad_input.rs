@@ -192,13 +192,7 @@ fn dev_kvm_missing() {
         ivvmm(),
         k.display()
     );
-    let child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("unshare");
-    let out = wait_with_deadline(child, Duration::from_secs(30));
+    let out = run_in_private_mounts(&script, Duration::from_secs(30));
     check_error(&out, 1, "/dev/kvm does not exist");
 }
 

@@ -8,7 +8,6 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -197,13 +196,7 @@ fn read_only_directory_is_refused() {
         b = ivvmm(),
         k = k.display()
     );
-    let child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_with_deadline(child, Duration::from_secs(30));
+    let out = run_in_private_mounts(&script, Duration::from_secs(30));
     one_error_line(&out, "not writable");
     let _ = fs::remove_dir(&dir);
 }
@@ -227,13 +220,7 @@ fn hugetlbfs_size_must_be_a_multiple_of_the_huge_page() {
         b = ivvmm(),
         k = k.display()
     );
-    let child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_with_deadline(child, Duration::from_secs(30));
+    let out = run_in_private_mounts(&script, Duration::from_secs(30));
     one_error_line(&out, "multiple of");
     let _ = fs::remove_dir(&dir);
 }

@@ -488,3 +488,15 @@ pub fn stats(out: &Outcome, section: &str) -> std::collections::BTreeMap<String,
         })
         .collect()
 }
+
+/// Runs `script` with `sh -c` in a private mount namespace (so it may mount
+/// over /dev or a directory without touching the host), collecting output.
+pub fn run_in_private_mounts(script: &str, timeout: Duration) -> Outcome {
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    wait_with_deadline(child, timeout)
+}
