@@ -33,6 +33,7 @@ usage.";
     version,
     about,
     after_help = EXAMPLES,
+    override_usage = "ivvmm --kernel PATH [OPTIONS]\n       ivvmm server [OPTIONS]\n       ivvmm client [OPTIONS] [COMMAND]",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
