@@ -1,0 +1,208 @@
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+# shellcheck shell=bash
+#
+# scripts/bench doorbell: ping-pong round trips, in one run, of
+#   floor   two bare-KVM VMs in one process (examples/doorbell_floor)
+#   ivvmm   two ivvmm VMs running the test guest on `ivvmm server`
+#   qemu    two QEMU VMs (-M pc, ivshmem-doorbell) on the same kind of server
+#   host    `ivvmm client ping` against a test-guest pong (when available)
+#   poll    the test guest's mode=poll (shared-memory spin, no interrupts)
+# Each kind runs ROUNDS/REPS rounds REPS times, interleaved, so that the
+# load other users put on this machine falls on all kinds alike.
+
+DB_SHM_SIZE=4M
+DB_SAMPLES=$((0x10000)) # where ping keeps its u32 samples in the shm
+
+# A name for the shm object, unique to this run.
+db_shm_name() { printf 'ivvmm-bench-%s-%s' "$$" "$1"; }
+
+# db_vm KIND SOCK SERIAL CMDLINE: one test-guest VM. It execs, so call it
+# in the background or in a subshell: its pid is then the VM's `timeout`,
+# which passes a kill on to the VM.
+db_vm() {
+    local kind=$1 sock=$2 serial=$3 cmdline=$4
+    case "$kind" in
+        ivvmm)
+            exec timeout 300 "$IVVMM" --kernel "$TG/testguest.bzImage" --mem 256M \
+                --serial "$serial" --server "$sock" --vectors 1 --stats \
+                --cmdline "$cmdline" 2>"$serial.stderr"
+            ;;
+        qemu)
+            exec timeout 300 "$QEMU" -M pc -accel kvm -cpu host,-arch-capabilities -m 256M \
+                -nodefaults -no-user-config -display none -no-reboot \
+                -kernel "$TG/testguest.pvh.elf" -append "$cmdline" \
+                -device isa-debug-exit,iobase=0xf4,iosize=1 -serial "file:$serial" \
+                -chardev "socket,path=$sock,id=ivs" \
+                -device ivshmem-doorbell,chardev=ivs,vectors=1 2>"$serial.stderr"
+            ;;
+    esac
+}
+
+# db_server LABEL: starts a server; sets DB_SOCK, DB_SHM, DB_SERVER_PID.
+db_server() {
+    DB_SOCK="$WORK/$1.sock"
+    DB_SHM=$(db_shm_name "$1")
+    rm -f "$DB_SOCK"
+    bg_start DB_SERVER_PID "$IVVMM_SERVER" server -S "$DB_SOCK" -l "$DB_SHM_SIZE" -n 1 \
+        -M "$DB_SHM" 2>>"$WORK/$1.server.log"
+    wait_for_socket "$DB_SOCK" 5 || die "ivvmm server did not listen on $DB_SOCK (see $WORK/$1.server.log)"
+}
+
+# db_pair KIND LABEL ROUNDS "EXTRA WORDS": pong and ping VMs on a fresh
+# server; ping's samples are appended to $RESULTS/LABEL.cycles, the VMs'
+# serial output and --stats kept under $RESULTS/LABEL-N.*.
+db_pair() {
+    local kind=$1 label=$2 rounds=$3 extra=$4 pong_pid rc
+    local n=$((${DB_RUN[$label]:-0} + 1))
+    DB_RUN[$label]=$n
+    local out="$RESULTS/$label-$n"
+    db_server "$label-$n"
+    bg_start pong_pid db_vm "$kind" "$DB_SOCK" "$out.pong" \
+        "test=pingpong role=pong rounds=$rounds $extra"
+    wait_for "$out.pong" "ready" 60 || die "$label: pong never got ready (see $out.pong*)"
+    rc=0
+    (db_vm "$kind" "$DB_SOCK" "$out.ping" "test=pingpong role=ping rounds=$rounds $extra") || rc=$?
+    wait "$pong_pid" 2>/dev/null || true
+    grep -q '^PASS' "$out.ping" || die "$label: ping failed (exit $rc): $(tail -n 2 "$out.ping" | tr -d '\r')"
+    shm_samples "$DB_SHM" "$DB_SAMPLES" "$rounds" >>"$RESULTS/$label.cycles"
+    bg_stop "$DB_SERVER_PID"
+}
+
+db_floor() {
+    local rounds=$1 n=$((${DB_RUN[floor]:-0} + 1))
+    DB_RUN[floor]=$n
+    "$EXAMPLES/doorbell_floor" --rounds "$rounds" --out "$WORK/floor.tmp" \
+        >"$RESULTS/floor-$n.out" || die "doorbell_floor failed"
+    cat "$WORK/floor.tmp" >>"$RESULTS/floor.cycles"
+}
+
+# `ivvmm client ping` against a test-guest pong: the host as one peer.
+db_host_available() {
+    "$IVVMM_SERVER" client ping --help >/dev/null 2>&1
+}
+
+db_host() {
+    local rounds=$1 pong_pid n=$((${DB_RUN[host]:-0} + 1)) peer
+    DB_RUN[host]=$n
+    local out="$RESULTS/host-$n"
+    db_server "host-$n"
+    bg_start pong_pid db_vm ivvmm "$DB_SOCK" "$out.pong" "test=pingpong role=pong rounds=$rounds"
+    wait_for "$out.pong" "ready" 60 || die "host: pong never got ready"
+    peer=$(grep -o 'role=pong id=[0-9]*' "$out.pong" | head -n 1 | cut -d= -f3)
+    "$IVVMM_SERVER" client -S "$DB_SOCK" ping --peer "$peer" --count "$rounds" \
+        --out "$WORK/host.tmp" >"$out.client" 2>&1 || die "host: ivvmm client ping failed (see $out.client)"
+    wait "$pong_pid" 2>/dev/null || true
+    cat "$WORK/host.tmp" >>"$RESULTS/host.cycles"
+    bg_stop "$DB_SERVER_PID"
+}
+
+# One row: LABEL DESCRIPTION; converts cycles to µs with $DB_TSC.
+db_row() {
+    local label=$1 desc=$2 file="$RESULTS/$1.cycles"
+    if [ ! -s "$file" ]; then
+        printf '%-26s %s\n' "$desc" "${DB_SKIPPED[$label]:-not run}"
+        return
+    fi
+    read -r n _min p50 _p90 p99 max < <(stats "$file")
+    DB_P50[$label]=$p50
+    DB_P99[$label]=$p99
+    awk -v d="$desc" -v n="$n" -v a="$p50" -v b="$p99" -v c="$max" -v t="$DB_TSC" \
+        -v fa="${DB_P50[floor]:-}" -v fb="${DB_P99[floor]:-}" 'BEGIN {
+        ra = (fa > 0) ? sprintf("%.2f", a / fa) : "-"
+        rb = (fb > 0) ? sprintf("%.2f", b / fb) : "-"
+        printf "%-26s %7d %9.2f %9.2f %9.1f %9s %9s\n", d, n, a / t, b / t, c / t, ra, rb }'
+}
+
+# The --stats lines of a VM, reduced to what a doorbell could cost.
+db_counters() {
+    local f=$1
+    awk '/vcpu_exits/ { for (i = 1; i <= NF; i++) if ($i ~ /^mmio_(read|write)=|^pio_(in|out)=/) x = x " " $i }
+         /event_loop/ { sub(/.*event_loop /, ""); e = $0 }
+         END { printf "vcpu_exits:%s | event_loop: %s\n", x, e }' "$f"
+}
+
+# Writes the plot data (cumulative fraction against µs) and draws the PNG.
+db_plot() {
+    local label files=() titles=()
+    for label in floor ivvmm qemu host poll; do
+        [ -s "$RESULTS/$label.cycles" ] || continue
+        sort -n "$RESULTS/$label.cycles" | awk -v t="$DB_TSC" '{ v[n++] = $1 }
+            END { for (i = 0; i < n; i++) print v[i] / t, (i + 1) / n }' >"$RESULTS/$label.cdf"
+        files+=("$RESULTS/$label.cdf")
+        titles+=("${DB_TITLE[$label]}")
+    done
+    command -v gnuplot >/dev/null || { say "gnuplot missing: no plot (scripts/setup installs gnuplot-nox)"; return; }
+    local plot="" i
+    for i in "${!files[@]}"; do
+        plot+="${plot:+, }'${files[$i]}' using 1:2 with lines lw 2 title '${titles[$i]}'"
+    done
+    gnuplot <<EOF || say "gnuplot failed: no plot"
+set terminal pngcairo size 1000,600 noenhanced font ",11"
+set output '$RESULTS/doorbell.png'
+set title "Doorbell ping-pong round trip: ${DB_ROUNDS} rounds each, $(hostname), $(date +%F)"
+set xlabel "round trip (us, log scale)"
+set ylabel "fraction of rounds"
+set logscale x
+set grid
+set key bottom right
+set yrange [0:1]
+plot $plot
+EOF
+}
+
+bench_doorbell() {
+    local rounds=${ROUNDS:-10000} reps=${REPS:-5} per rep
+    per=$(((rounds + reps - 1) / reps))
+    DB_ROUNDS=$((per * reps))
+    declare -gA DB_RUN=() DB_P50=() DB_P99=() DB_SKIPPED=() DB_TITLE=(
+        [floor]="floor: bare KVM, 2 VMs in 1 process"
+        [ivvmm]="ivvmm VM <-> ivvmm VM"
+        [qemu]="QEMU VM <-> QEMU VM (-M pc)"
+        [host]="host (ivvmm client) <-> ivvmm VM"
+        [poll]="poll: test guest mode=poll (CPL3 spin)")
+    local host=1
+    db_host_available || { host=0; DB_SKIPPED[host]="skipped: '$IVVMM_SERVER client ping' is not available"; }
+
+    say "doorbell: $DB_ROUNDS rounds per kind in $reps interleaved runs of $per; results in $RESULTS"
+    for ((rep = 1; rep <= reps; rep++)); do
+        say "run $rep/$reps: floor, ivvmm, qemu$( ((host)) && echo ", host"), poll"
+        db_floor "$per"
+        db_pair ivvmm ivvmm "$per" ""
+        db_pair qemu qemu "$per" ""
+        ((host)) && db_host "$per"
+        db_pair ivvmm poll "$per" "mode=poll"
+    done
+    # The same ivvmm pair with 100 rounds: its counters must equal the long run's.
+    db_pair ivvmm short 100 ""
+
+    DB_TSC=$(tsc_from "$RESULTS/floor-1.out")
+    {
+        echo "Doorbell round trip, $DB_ROUNDS rounds per kind ($reps interleaved runs), tsc_per_us=$DB_TSC"
+        printf '%-26s %7s %9s %9s %9s %9s %9s\n' "" rounds "p50 us" "p99 us" "max us" "p50/floor" "p99/floor"
+        db_row floor "floor (bare KVM)"
+        db_row ivvmm "ivvmm VM<->VM"
+        db_row qemu "QEMU VM<->VM"
+        db_row host "host<->ivvmm VM"
+        db_row poll "poll (mode=poll)"
+        echo
+        local r50 r99
+        r50=$(ratio "${DB_P50[ivvmm]:-}" "${DB_P50[floor]:-}")
+        r99=$(ratio "${DB_P99[ivvmm]:-}" "${DB_P99[floor]:-}")
+        echo "goal: ivvmm p50 <= 1.05x floor: ${r50}x ($(verdict "$r50" 1.05 le)); p99 <= 1.05x floor: ${r99}x ($(verdict "$r99" 1.05 le))"
+        echo "ivvmm vs QEMU: p50 $(ratio "${DB_P50[ivvmm]:-}" "${DB_P50[qemu]:-}")x, p99 $(ratio "${DB_P99[ivvmm]:-}" "${DB_P99[qemu]:-}")x"
+        echo
+        echo "VMM userspace work per doorbell (ivvmm --stats; the same after 100 and $per rounds = none per round):"
+        printf '  %-22s %s\n' "ping, 100 rounds:" "$(db_counters "$RESULTS/short-1.ping.stderr")"
+        printf '  %-22s %s\n' "ping, $per rounds:" "$(db_counters "$RESULTS/ivvmm-1.ping.stderr")"
+        printf '  %-22s %s\n' "pong, 100 rounds:" "$(db_counters "$RESULTS/short-1.pong.stderr")"
+        printf '  %-22s %s\n' "pong, $per rounds:" "$(db_counters "$RESULTS/ivvmm-1.pong.stderr")"
+        echo "floor exits to userspace: $(grep -h 'floor exits' "$RESULTS/floor-1.out" | sed 's/floor exits //' | tr '\n' ';')"
+    } | tee "$RESULTS/summary.txt"
+    db_plot
+    [ -s "$RESULTS/doorbell.png" ] && say "plot: $RESULTS/doorbell.png"
+    if ((${PUBLISH:-0})) && [ -s "$RESULTS/doorbell.png" ]; then
+        mkdir -p "$ROOT/docs/bench"
+        cp "$RESULTS/doorbell.png" "$ROOT/docs/bench/doorbell.png"
+        say "copied the plot to docs/bench/doorbell.png"
+    fi
+}
