@@ -3,6 +3,8 @@
 #
 # scripts/bench doorbell: ping-pong round trips, in one run, of
 #   floor   two bare-KVM VMs in one process (examples/doorbell_floor)
+#   floortg the same VMs running the test guest's own round loop, which
+#           does more per round than the minimal floor loop
 #   ivvmm   two ivvmm VMs running the test guest on `ivvmm server`
 #   qemu    two QEMU VMs (-M pc, ivshmem-doorbell) on the same kind of server
 #   host    `ivvmm client ping` against a test-guest pong (when available)
@@ -64,16 +66,19 @@ db_pair() {
     (db_vm "$kind" "$DB_SOCK" "$out.ping" "test=pingpong role=ping rounds=$rounds $extra") || rc=$?
     wait "$pong_pid" 2>/dev/null || true
     grep -q '^PASS' "$out.ping" || die "$label: ping failed (exit $rc): $(tail -n 2 "$out.ping" | tr -d '\r')"
-    shm_samples "$DB_SHM" "$DB_SAMPLES" "$rounds" >>"$RESULTS/$label.cycles"
+    shm_samples "$DB_SHM" "$DB_SAMPLES" "$rounds" >"$out.cycles"
+    cat "$out.cycles" >>"$RESULTS/$label.cycles"
     bg_stop "$DB_SERVER_PID"
 }
 
+# db_floor LABEL GUEST ROUNDS
 db_floor() {
-    local rounds=$1 n=$((${DB_RUN[floor]:-0} + 1))
-    DB_RUN[floor]=$n
-    "$EXAMPLES/doorbell_floor" --rounds "$rounds" --out "$WORK/floor.tmp" \
-        >"$RESULTS/floor-$n.out" || die "doorbell_floor failed"
-    cat "$WORK/floor.tmp" >>"$RESULTS/floor.cycles"
+    local label=$1 guest=$2 rounds=$3 n=$((${DB_RUN[$1]:-0} + 1))
+    DB_RUN[$label]=$n
+    "$EXAMPLES/doorbell_floor" --guest "$guest" --rounds "$rounds" --out "$WORK/floor.tmp" \
+        >"$RESULTS/$label-$n.out" || die "doorbell_floor --guest $guest failed (see $RESULTS/$label-$n.out)"
+    cp "$WORK/floor.tmp" "$RESULTS/$label-$n.cycles"
+    cat "$WORK/floor.tmp" >>"$RESULTS/$label.cycles"
 }
 
 # `ivvmm client ping` against a test-guest pong: the host as one peer.
@@ -92,6 +97,7 @@ db_host() {
     "$IVVMM_SERVER" client -S "$DB_SOCK" ping --peer "$peer" --count "$rounds" \
         --out "$WORK/host.tmp" >"$out.client" 2>&1 || die "host: ivvmm client ping failed (see $out.client)"
     wait "$pong_pid" 2>/dev/null || true
+    cp "$WORK/host.tmp" "$out.cycles"
     cat "$WORK/host.tmp" >>"$RESULTS/host.cycles"
     bg_stop "$DB_SERVER_PID"
 }
@@ -113,6 +119,20 @@ db_row() {
         printf "%-26s %7d %9.2f %9.2f %9.1f %9s %9s\n", d, n, a / t, b / t, c / t, ra, rb }'
 }
 
+# db_paired A B: the median over runs of p50(A in run n) / p50(B in run n):
+# each pair ran back to back, so this ratio is the least disturbed by load
+# that comes and goes.
+db_paired() {
+    local n a b
+    for ((n = 1; n <= ${DB_RUN[$1]:-0}; n++)); do
+        [ -s "$RESULTS/$1-$n.cycles" ] && [ -s "$RESULTS/$2-$n.cycles" ] || continue
+        a=$(stats "$RESULTS/$1-$n.cycles" | cut -d' ' -f3)
+        b=$(stats "$RESULTS/$2-$n.cycles" | cut -d' ' -f3)
+        ratio "$a" "$b"
+        echo
+    done | sort -n | awk '{ v[n++] = $1 } END { if (n) printf "%.2f", v[int(n / 2)]; else print "-" }'
+}
+
 # The --stats lines of a VM, reduced to what a doorbell could cost.
 db_counters() {
     local f=$1
@@ -121,32 +141,43 @@ db_counters() {
          END { printf "vcpu_exits:%s | event_loop: %s\n", x, e }' "$f"
 }
 
-# Writes the plot data (cumulative fraction against µs) and draws the PNG.
+# Writes the plot data (cumulative fraction against us) and draws the PNG:
+# left, the interrupt-driven kinds on a linear axis around their bulk;
+# right, every kind (polling included) on a log axis.
 db_plot() {
-    local label files=() titles=()
-    for label in floor ivvmm qemu host poll; do
+    local label lin="" all="" xmin xmax p
+    for label in floor floortg ivvmm qemu host poll; do
         [ -s "$RESULTS/$label.cycles" ] || continue
         sort -n "$RESULTS/$label.cycles" | awk -v t="$DB_TSC" '{ v[n++] = $1 }
             END { for (i = 0; i < n; i++) print v[i] / t, (i + 1) / n }' >"$RESULTS/$label.cdf"
-        files+=("$RESULTS/$label.cdf")
-        titles+=("${DB_TITLE[$label]}")
+        p="'$RESULTS/$label.cdf' using 1:2 with lines lw 2 title '${DB_TITLE[$label]}'"
+        all+="${all:+, }$p"
+        [ "$label" = poll ] || lin+="${lin:+, }$p"
     done
     command -v gnuplot >/dev/null || { say "gnuplot missing: no plot (scripts/setup installs gnuplot-nox)"; return; }
-    local plot="" i
-    for i in "${!files[@]}"; do
-        plot+="${plot:+, }'${files[$i]}' using 1:2 with lines lw 2 title '${titles[$i]}'"
-    done
+    # Linear panel: from 0.8x the fastest p50 to 1.3x the slowest p99.
+    read -r xmin xmax < <(for label in floor floortg ivvmm qemu host; do
+        [ -n "${DB_P50[$label]:-}" ] && echo "${DB_P50[$label]} ${DB_P99[$label]}"
+    done | awk -v t="$DB_TSC" 'NR == 1 || $1 < a { a = $1 } $2 > b { b = $2 }
+        END { printf "%.1f %.1f\n", 0.8 * a / t, 1.3 * b / t }')
     gnuplot <<EOF || say "gnuplot failed: no plot"
-set terminal pngcairo size 1000,600 noenhanced font ",11"
+set terminal pngcairo size 1400,600 noenhanced font ",10"
 set output '$RESULTS/doorbell.png'
-set title "Doorbell ping-pong round trip: ${DB_ROUNDS} rounds each, $(hostname), $(date +%F)"
-set xlabel "round trip (us, log scale)"
+set multiplot layout 1,2 title "Doorbell ping-pong round trip, ${DB_ROUNDS} rounds per kind ($(date +%F), 2-core PVM host)"
 set ylabel "fraction of rounds"
-set logscale x
 set grid
 set key bottom right
 set yrange [0:1]
-plot $plot
+set title "interrupt-driven (linear)"
+set xlabel "round trip (us)"
+set xrange [$xmin:$xmax]
+plot $lin
+set title "all, including polling (log)"
+set xlabel "round trip (us, log scale)"
+set logscale x
+set autoscale x
+plot $all
+unset multiplot
 EOF
 }
 
@@ -156,6 +187,7 @@ bench_doorbell() {
     DB_ROUNDS=$((per * reps))
     declare -gA DB_RUN=() DB_P50=() DB_P99=() DB_SKIPPED=() DB_TITLE=(
         [floor]="floor: bare KVM, 2 VMs in 1 process"
+        [floortg]="floor VMs running the test-guest loop"
         [ivvmm]="ivvmm VM <-> ivvmm VM"
         [qemu]="QEMU VM <-> QEMU VM (-M pc)"
         [host]="host (ivvmm client) <-> ivvmm VM"
@@ -165,8 +197,9 @@ bench_doorbell() {
 
     say "doorbell: $DB_ROUNDS rounds per kind in $reps interleaved runs of $per; results in $RESULTS"
     for ((rep = 1; rep <= reps; rep++)); do
-        say "run $rep/$reps: floor, ivvmm, qemu$( ((host)) && echo ", host"), poll"
-        db_floor "$per"
+        say "run $rep/$reps: floor (2 loops), ivvmm, qemu$( ((host)) && echo ", host"), poll"
+        db_floor floor minimal "$per"
+        db_floor floortg testguest "$per"
         db_pair ivvmm ivvmm "$per" ""
         db_pair qemu qemu "$per" ""
         ((host)) && db_host "$per"
@@ -180,6 +213,7 @@ bench_doorbell() {
         echo "Doorbell round trip, $DB_ROUNDS rounds per kind ($reps interleaved runs), tsc_per_us=$DB_TSC"
         printf '%-26s %7s %9s %9s %9s %9s %9s\n' "" rounds "p50 us" "p99 us" "max us" "p50/floor" "p99/floor"
         db_row floor "floor (bare KVM)"
+        db_row floortg "floor, test-guest loop"
         db_row ivvmm "ivvmm VM<->VM"
         db_row qemu "QEMU VM<->VM"
         db_row host "host<->ivvmm VM"
@@ -189,6 +223,9 @@ bench_doorbell() {
         r50=$(ratio "${DB_P50[ivvmm]:-}" "${DB_P50[floor]:-}")
         r99=$(ratio "${DB_P99[ivvmm]:-}" "${DB_P99[floor]:-}")
         echo "goal: ivvmm p50 <= 1.05x floor: ${r50}x ($(verdict "$r50" 1.05 le)); p99 <= 1.05x floor: ${r99}x ($(verdict "$r99" 1.05 le))"
+        echo "paired p50 ratios (median over the $reps runs): ivvmm/floor $(db_paired ivvmm floor)x, ivvmm/floortg $(db_paired ivvmm floortg)x, qemu/floor $(db_paired qemu floor)x, ivvmm/qemu $(db_paired ivvmm qemu)x"
+        echo "VMM cost (ivvmm vs the floor VMs running the same guest loop): p50 $(ratio "${DB_P50[ivvmm]:-}" "${DB_P50[floortg]:-}")x, p99 $(ratio "${DB_P99[ivvmm]:-}" "${DB_P99[floortg]:-}")x"
+        echo "test guest's loop vs the minimal loop (guest code, not VMM): p50 $(ratio "${DB_P50[floortg]:-}" "${DB_P50[floor]:-}")x"
         echo "ivvmm vs QEMU: p50 $(ratio "${DB_P50[ivvmm]:-}" "${DB_P50[qemu]:-}")x, p99 $(ratio "${DB_P99[ivvmm]:-}" "${DB_P99[qemu]:-}")x"
         echo
         echo "VMM userspace work per doorbell (ivvmm --stats; the same after 100 and $per rounds = none per round):"

@@ -12,6 +12,9 @@ const GDT: u64 = 0x1000;
 const IDT: u64 = 0x2000;
 const TSS: u64 = 0x3000;
 pub const COUNT: u64 = 0x4000; // u32 bumped by the interrupt handler
+/// The `testguest` loop's variables: u8 role (1 = ping), u64 doorbell
+/// address, u32 timeout flag (stays 0), u32 rounds.
+const VARS: u64 = 0x4040;
 const PML4: u64 = 0x8000;
 const PDPT: u64 = 0x9000;
 const PD: u64 = 0xa000; // four page directories: identity map of 0..4 GiB
@@ -36,8 +39,12 @@ const SEL_TSS: u16 = 0x18;
 
 // The guest. Entry with rbx = doorbell address, r9d = the value to ring,
 // r10 = samples, r11d = rounds, r12 = 1 for ping, 0 for pong; interrupts off.
-// Every round's instructions run emulated (guest kernel mode on PVM), so
-// this is the shortest loop that does what the test guest does.
+// Every round's instructions run emulated (guest kernel mode on PVM, about
+// 1 us per memory access), so the default loop is the shortest that does
+// what the test guest does. The second entry, `..._tg`, is the test guest's
+// own round (its rounds_hlt as gcc compiled it: the role, doorbell address
+// and round count read from memory, the timeout word checked while waiting
+// and after each round), to tell guest-code cost from VMM cost.
 core::arch::global_asm!(
     ".pushsection .rodata.ivvmm_floor_guest, \"a\"",
     ".balign 16",
@@ -85,6 +92,71 @@ core::arch::global_asm!(
     "    movl %ecx, %edi",
     "    cmpl %r11d, %edi",
     "    jb .Lpong_round",
+    ".globl ivvmm_floor_guest_tg",
+    "ivvmm_floor_guest_tg:",
+    "    xorl %edi, %edi",
+    ".Ltg_round:",
+    "    cmpb $0, {v_ping}",
+    "    leal 1(%rdi), %ecx",
+    "    je .Ltg_pong",
+    "    rdtsc",
+    "    shlq $32, %rdx",
+    "    movl %eax, %eax",
+    "    orq %rax, %rdx",
+    "    movq {v_doorbell}, %rax",
+    "    movq %rdx, %r8",
+    "    movl %r9d, (%rax)", // ring pong
+    "    cli",
+    "    movl {count}, %eax",
+    "    cmpl %ecx, %eax",
+    "    jb .Ltg_ping_timer",
+    "    jmp .Ltg_ping_got",
+    ".Ltg_ping_wait:",
+    "    sti",
+    "    hlt",
+    "    cli",
+    "    movl {count}, %eax",
+    "    cmpl %ecx, %eax",
+    "    jae .Ltg_ping_got",
+    ".Ltg_ping_timer:",
+    "    movl {v_timer}, %eax",
+    "    testl %eax, %eax",
+    "    je .Ltg_ping_wait",
+    ".Ltg_ping_got:",
+    "    rdtsc",
+    "    movl %edi, %edx",
+    "    subl %r8d, %eax",
+    "    leaq (%r10,%rdx,4), %rdx",
+    "    movl %eax, (%rdx)",
+    ".Ltg_next:",
+    "    movl {v_timer}, %eax",
+    "    testl %eax, %eax",
+    "    jne .Ldone",
+    "    movl %ecx, %edi",
+    "    cmpl {v_rounds}, %edi",
+    "    jb .Ltg_round",
+    "    jmp .Ldone",
+    ".Ltg_pong:",
+    "    cli",
+    "    movl {count}, %eax",
+    "    cmpl %ecx, %eax",
+    "    jb .Ltg_pong_timer",
+    "    jmp .Ltg_pong_got",
+    ".Ltg_pong_wait:",
+    "    sti",
+    "    hlt",
+    "    cli",
+    "    movl {count}, %eax",
+    "    cmpl %ecx, %eax",
+    "    jae .Ltg_pong_got",
+    ".Ltg_pong_timer:",
+    "    movl {v_timer}, %eax",
+    "    testl %eax, %eax",
+    "    je .Ltg_pong_wait",
+    ".Ltg_pong_got:",
+    "    movq {v_doorbell}, %rax",
+    "    movl %r9d, (%rax)", // ring ping back
+    "    jmp .Ltg_next",
     ".Ldone:",
     "    movw ${port}, %dx",
     "    xorl %eax, %eax",
@@ -105,29 +177,58 @@ core::arch::global_asm!(
     eoi = const LAPIC_EOI,
     count = const COUNT,
     port = const EXIT_PORT,
+    v_ping = const VARS,
+    v_doorbell = const VARS + 8,
+    v_timer = const VARS + 16,
+    v_rounds = const VARS + 20,
     options(att_syntax),
 );
 
 extern "C" {
     static ivvmm_floor_guest_start: u8;
+    static ivvmm_floor_guest_tg: u8;
     static ivvmm_floor_guest_handler: u8;
     static ivvmm_floor_guest_end: u8;
 }
 
-/// The guest code and the handler's offset in it.
-fn guest_code() -> (&'static [u8], u64) {
-    // SAFETY: the three symbols are labels in one contiguous read-only blob
-    // emitted by the global_asm! above, start <= handler <= end; the bytes
-    // live for the whole program.
+/// Which round loop the guest runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Loop {
+    /// The shortest loop doing what the test guest does (the floor).
+    Minimal,
+    /// The test guest's rounds_hlt, instruction for instruction.
+    Testguest,
+}
+
+/// The guest code blob, and the offsets of the handler and of each entry.
+struct Code {
+    bytes: &'static [u8],
+    handler: u64,
+    testguest: u64,
+}
+
+fn guest_code() -> Code {
+    // SAFETY: the symbols are labels in one contiguous read-only blob emitted
+    // by the global_asm! above, start <= tg, handler <= end; the bytes live
+    // for the whole program.
     unsafe {
         let start = std::ptr::addr_of!(ivvmm_floor_guest_start);
+        let tg = std::ptr::addr_of!(ivvmm_floor_guest_tg);
         let handler = std::ptr::addr_of!(ivvmm_floor_guest_handler);
         let end = std::ptr::addr_of!(ivvmm_floor_guest_end);
-        let len = end.offset_from(start) as usize;
-        (
-            std::slice::from_raw_parts(start, len),
-            handler.offset_from(start) as u64,
-        )
+        Code {
+            bytes: std::slice::from_raw_parts(start, end.offset_from(start) as usize),
+            handler: handler.offset_from(start) as u64,
+            testguest: tg.offset_from(start) as u64,
+        }
+    }
+}
+
+/// Where the vCPU starts for `kind`.
+fn entry(kind: Loop) -> u64 {
+    match kind {
+        Loop::Minimal => CODE,
+        Loop::Testguest => CODE + guest_code().testguest,
     }
 }
 /// Anonymous guest RAM at guest-physical 0.
@@ -209,7 +310,7 @@ impl Drop for GuestRam {
 }
 
 /// GDT, IDT (one gate: VECTOR), TSS, identity page tables, the code.
-pub fn write_tables(ram: &mut GuestRam) {
+pub fn write_tables(ram: &mut GuestRam, ping: bool, rounds: u32) {
     let gdt = [
         0,
         0x00af_9b00_0000_ffff,                               // 64-bit code
@@ -220,9 +321,13 @@ pub fn write_tables(ram: &mut GuestRam) {
     for (i, d) in gdt.iter().enumerate() {
         ram.write_u64(GDT + 8 * i as u64, *d);
     }
-    let (code, handler) = guest_code();
-    ram.write(CODE, code);
-    let h = CODE + handler;
+    let code = guest_code();
+    ram.write(CODE, code.bytes);
+    ram.write(VARS, &[u8::from(ping)]);
+    ram.write_u64(VARS + 8, DOORBELL);
+    ram.write(VARS + 16, &0u32.to_le_bytes());
+    ram.write(VARS + 20, &rounds.to_le_bytes());
+    let h = CODE + code.handler;
     let gate_lo =
         (h & 0xffff) | (u64::from(SEL_CODE) << 16) | (0x8e << 40) | ((h & 0xffff_0000) << 32);
     ram.write_u64(IDT + 16 * u64::from(VECTOR), gate_lo);
@@ -255,7 +360,7 @@ fn segment(selector: u16, type_: u8, long: bool) -> kvm_segment {
     }
 }
 
-pub fn setup_vcpu(vcpu: &VcpuFd, ping: bool, rounds: u32) -> Result<(), FloorError> {
+pub fn setup_vcpu(vcpu: &VcpuFd, kind: Loop, ping: bool, rounds: u32) -> Result<(), FloorError> {
     let mut sregs = vcpu.get_sregs().map_err(ioctl("read sregs"))?;
     sregs.cs = segment(SEL_CODE, 0xb, true);
     let data = segment(SEL_DATA, 0x3, false);
@@ -278,7 +383,7 @@ pub fn setup_vcpu(vcpu: &VcpuFd, ping: bool, rounds: u32) -> Result<(), FloorErr
     sregs.efer = (1 << 8) | (1 << 10); // LME, LMA
     vcpu.set_sregs(&sregs).map_err(ioctl("set sregs"))?;
     let regs = kvm_bindings::kvm_regs {
-        rip: CODE,
+        rip: entry(kind),
         rsp: STACK_TOP,
         rflags: 2,
         rbx: DOORBELL,

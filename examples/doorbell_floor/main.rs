@@ -32,7 +32,7 @@ use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
 
 use common::{tsc_per_us, write_samples, Summary};
-use guest::{GuestRam, SAMPLES};
+use guest::{GuestRam, Loop, SAMPLES};
 use vm::{build_vm, run_vcpu, Control, Exits};
 
 #[derive(Parser)]
@@ -46,6 +46,10 @@ struct Args {
     /// Write ping's raw samples (cycles, one per line) here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The guest's round loop: `minimal` is the floor; `testguest` runs the
+    /// test guest's own loop (same VMs) to show what its extra instructions cost.
+    #[arg(long, value_enum, default_value_t = Loop::Minimal)]
+    guest: Loop,
     /// Seconds without a round before the vCPUs are described (a stall);
     /// after three stalls in a row the run fails.
     #[arg(long, default_value_t = 2)]
@@ -90,8 +94,9 @@ fn run(args: &Args) -> Result<(), FloorError> {
     let kvm = Kvm::new().map_err(FloorError::Kvm)?;
     let efd = || EventFd::new(libc::EFD_NONBLOCK).map_err(FloorError::EventFd);
     let (to_pong, to_ping) = (efd()?, efd()?);
-    let (_vm_a, vcpu_a, ram_a) = build_vm(&kvm, true, args.rounds, &to_ping, &to_pong)?;
-    let (_vm_b, vcpu_b, ram_b) = build_vm(&kvm, false, args.rounds, &to_pong, &to_ping)?;
+    let (_vm_a, vcpu_a, ram_a) = build_vm(&kvm, args.guest, true, args.rounds, &to_ping, &to_pong)?;
+    let (_vm_b, vcpu_b, ram_b) =
+        build_vm(&kvm, args.guest, false, args.rounds, &to_pong, &to_ping)?;
 
     let ctl_a = std::sync::Arc::new(Control::default());
     let ctl_b = std::sync::Arc::new(Control::default());
@@ -119,8 +124,8 @@ fn run(args: &Args) -> Result<(), FloorError> {
     let s = Summary::of(&samples).ok_or(FloorError::Rounds)?;
     let us = |c: u64| c as f64 / tsc;
     println!(
-        "floor rounds={} p50={} p90={} p99={} max={} unit=cycles tsc_per_us={tsc:.1}",
-        s.n, s.p50, s.p90, s.p99, s.max
+        "floor guest={:?} rounds={} p50={} p90={} p99={} max={} unit=cycles tsc_per_us={tsc:.1}",
+        args.guest, s.n, s.p50, s.p90, s.p99, s.max
     );
     println!(
         "floor p50={:.1}us p90={:.1}us p99={:.1}us max={:.1}us",

@@ -11,7 +11,8 @@ use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::guest::{
-    doorbell_value, setup_vcpu, write_tables, GuestRam, DOORBELL, EXIT_PORT, GSI, SAMPLES, VECTOR,
+    doorbell_value, setup_vcpu, write_tables, GuestRam, Loop, DOORBELL, EXIT_PORT, GSI, SAMPLES,
+    VECTOR,
 };
 use crate::{ioctl, FloorError};
 
@@ -19,6 +20,7 @@ use crate::{ioctl, FloorError};
 /// ioeventfd signalling `outgoing`, and its vCPU in long mode.
 pub fn build_vm(
     kvm: &Kvm,
+    kind: Loop,
     ping: bool,
     rounds: u32,
     incoming: &EventFd,
@@ -26,7 +28,7 @@ pub fn build_vm(
 ) -> Result<(VmFd, VcpuFd, GuestRam), FloorError> {
     let mem_len = (SAMPLES as usize + 4 * rounds as usize).next_multiple_of(2 << 20);
     let mut ram = GuestRam::new(mem_len)?;
-    write_tables(&mut ram);
+    write_tables(&mut ram, ping, rounds);
     let vm = kvm.create_vm().map_err(ioctl("create a VM"))?;
     let region = kvm_userspace_memory_region {
         slot: 0,
@@ -61,7 +63,7 @@ pub fn build_vm(
     )
     .map_err(ioctl("register the doorbell ioeventfd"))?;
     let vcpu = vm.create_vcpu(0).map_err(ioctl("create a vCPU"))?;
-    setup_vcpu(&vcpu, ping, rounds)?;
+    setup_vcpu(&vcpu, kind, ping, rounds)?;
     Ok((vm, vcpu, ram))
 }
 
