@@ -12,6 +12,8 @@
 //!     bw method=movsb dir=from_shm bytes=B cycles=C
 //!     ...
 //!     bw tsc_per_us=N
+//!
+//! `shm_bw --tsc` prints only the last line (the TSC rate, measured).
 
 mod common;
 
@@ -37,6 +39,9 @@ struct Args {
     /// Timed copies per direction.
     #[arg(long, default_value_t = 16)]
     iters: u64,
+    /// Only print the TSC rate (`bw tsc_per_us=N`), copying nothing.
+    #[arg(long)]
+    tsc: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +145,10 @@ fn timed(method: Method, dst: *mut u8, src: *const u8, n: usize, iters: u64) -> 
 }
 
 fn run(args: &Args) -> Result<(), BwError> {
+    if args.tsc {
+        println!("bw tsc_per_us={:.1}", tsc_per_us(200));
+        return Ok(());
+    }
     if args.size == 0 || args.iters == 0 {
         return Err(BwError::Args);
     }
