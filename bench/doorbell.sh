@@ -122,8 +122,6 @@ db_row() {
         return
     fi
     read -r n _min p50 _p90 p99 max < <(stats "$file")
-    DB_P50[$label]=$p50
-    DB_P99[$label]=$p99
     awk -v d="$desc" -v n="$n" -v a="$p50" -v b="$p99" -v c="$max" -v t="$DB_TSC" \
         -v fa="${DB_P50[floor]:-}" -v fb="${DB_P99[floor]:-}" 'BEGIN {
         ra = (fa > 0) ? sprintf("%.2f", a / fa) : "-"
@@ -131,15 +129,15 @@ db_row() {
         printf "%-26s %7d %9.2f %9.2f %9.1f %9s %9s\n", d, n, a / t, b / t, c / t, ra, rb }'
 }
 
-# db_paired A B: the median over runs of p50(A in run n) / p50(B in run n):
-# each pair ran back to back, so this ratio is the least disturbed by load
-# that comes and goes.
+# db_paired A B [FIELD]: the median over runs of p50(A in run n) / p50(B in
+# run n) (FIELD 5: p99): each pair ran back to back, so this ratio is the
+# least disturbed by load that comes and goes.
 db_paired() {
-    local n a b
+    local n a b f=${3:-3}
     for ((n = 1; n <= ${DB_RUN[$1]:-0}; n++)); do
         [ -s "$RESULTS/$1-$n.cycles" ] && [ -s "$RESULTS/$2-$n.cycles" ] || continue
-        a=$(stats "$RESULTS/$1-$n.cycles" | cut -d' ' -f3)
-        b=$(stats "$RESULTS/$2-$n.cycles" | cut -d' ' -f3)
+        a=$(stats "$RESULTS/$1-$n.cycles" | cut -d' ' -f"$f")
+        b=$(stats "$RESULTS/$2-$n.cycles" | cut -d' ' -f"$f")
         ratio "$a" "$b"
         echo
     done | sort -n | awk '{ v[n++] = $1 } END { if (n) printf "%.2f", v[int(n / 2)]; else print "-" }'
@@ -172,7 +170,7 @@ db_plot() {
         [ -n "${DB_P50[$label]:-}" ] && echo "${DB_P50[$label]} ${DB_P99[$label]}"
     done | awk -v t="$DB_TSC" 'NR == 1 || $1 < a { a = $1 } $2 > b { b = $2 }
         END { printf "%.1f %.1f\n", 0.8 * a / t, 1.3 * b / t }')
-    gnuplot <<EOF || say "gnuplot failed: no plot"
+    gnuplot <<EOF || { say "gnuplot failed: no plot"; rm -f "$RESULTS/doorbell.png"; }
 set terminal pngcairo size 1400,600 noenhanced font ",10"
 set output '$RESULTS/doorbell.png'
 set multiplot layout 1,2 title "Doorbell ping-pong round trip, ${DB_ROUNDS} rounds per kind ($(date +%F), 2-core PVM host)"
@@ -222,6 +220,13 @@ bench_doorbell() {
     db_pair ivvmm short 100 ""
 
     DB_TSC=$(tsc_from "$RESULTS/floor-1.out")
+    # Percentiles of every kind, here and not inside the summary pipeline
+    # below (a subshell): the plot needs them too.
+    local label n
+    for label in floor floortg ivvmm qemu poll; do
+        [ -s "$RESULTS/$label.cycles" ] || continue
+        read -r n _ DB_P50[$label] _ DB_P99[$label] _ < <(stats "$RESULTS/$label.cycles")
+    done
     {
         echo "Doorbell round trip, $DB_ROUNDS rounds per kind ($reps interleaved runs), tsc_per_us=$DB_TSC"
         printf '%-26s %7s %9s %9s %9s %9s %9s\n' "" rounds "p50 us" "p99 us" "max us" "p50/floor" "p99/floor"
@@ -236,7 +241,9 @@ bench_doorbell() {
         r50=$(ratio "${DB_P50[ivvmm]:-}" "${DB_P50[floor]:-}")
         r99=$(ratio "${DB_P99[ivvmm]:-}" "${DB_P99[floor]:-}")
         echo "goal: ivvmm p50 <= 1.05x floor: ${r50}x ($(verdict "$r50" 1.05 le)); p99 <= 1.05x floor: ${r99}x ($(verdict "$r99" 1.05 le))"
-        echo "paired p50 ratios (median over the $reps runs): ivvmm/floor $(db_paired ivvmm floor)x, ivvmm/floortg $(db_paired ivvmm floortg)x, qemu/floor $(db_paired qemu floor)x, ivvmm/qemu $(db_paired ivvmm qemu)x"
+        echo "paired ratios (median over the $reps runs of run-by-run ratios):"
+        echo "  p50: ivvmm/floor $(db_paired ivvmm floor)x, ivvmm/floortg $(db_paired ivvmm floortg)x, qemu/floor $(db_paired qemu floor)x, ivvmm/qemu $(db_paired ivvmm qemu)x"
+        echo "  p99: ivvmm/floor $(db_paired ivvmm floor 5)x, ivvmm/floortg $(db_paired ivvmm floortg 5)x, qemu/floor $(db_paired qemu floor 5)x, ivvmm/qemu $(db_paired ivvmm qemu 5)x"
         echo "VMM cost (ivvmm vs the floor VMs running the same guest loop): p50 $(ratio "${DB_P50[ivvmm]:-}" "${DB_P50[floortg]:-}")x, p99 $(ratio "${DB_P99[ivvmm]:-}" "${DB_P99[floortg]:-}")x"
         echo "test guest's loop vs the minimal loop (guest code, not VMM): p50 $(ratio "${DB_P50[floortg]:-}" "${DB_P50[floor]:-}")x"
         echo "ivvmm vs QEMU: p50 $(ratio "${DB_P50[ivvmm]:-}" "${DB_P50[qemu]:-}")x, p99 $(ratio "${DB_P99[ivvmm]:-}" "${DB_P99[qemu]:-}")x"

@@ -123,24 +123,26 @@ fn run(args: &Args) -> Result<(), FloorError> {
     }
     let s = Summary::of(&samples).ok_or(FloorError::Rounds)?;
     let us = |c: u64| c as f64 / tsc;
-    println!(
-        "floor guest={:?} rounds={} p50={} p90={} p99={} max={} unit=cycles tsc_per_us={tsc:.1}",
+    let mut report = format!(
+        "floor guest={:?} rounds={} p50={} p90={} p99={} max={} unit=cycles tsc_per_us={tsc:.1}\n",
         args.guest, s.n, s.p50, s.p90, s.p99, s.max
     );
-    println!(
-        "floor p50={:.1}us p90={:.1}us p99={:.1}us max={:.1}us",
+    report += &format!(
+        "floor p50={:.1}us p90={:.1}us p99={:.1}us max={:.1}us\n",
         us(s.p50),
         us(s.p90),
         us(s.p99),
         us(s.max)
     );
     for (name, e) in [("ping", &ping_exits), ("pong", &pong_exits)] {
-        println!(
-            "floor exits vm={name} io={} mmio={} other={} interrupted={}",
+        report += &format!(
+            "floor exits vm={name} io={} mmio={} other={} interrupted={}\n",
             e.io, e.mmio, e.other, e.interrupted
         );
     }
-    println!("floor stalls={stalls}");
+    report += &format!("floor stalls={stalls}\n");
+    // A reader that stops early (| head) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), report.as_bytes());
     Ok(())
 }
 
