@@ -165,16 +165,6 @@ impl Vmm {
             }
         }
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
-        vm.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip()
-            .map_err(kvm_err("creating the in-kernel irqchip"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit)
-            .map_err(kvm_err("creating the in-kernel PIT"))?;
 
         let guest_mem = GuestMemoryMmap::<()>::from_ranges(&layout::ram_regions(config.mem_size))
             .map_err(|e| VmmError::GuestMemory {
@@ -216,6 +206,48 @@ impl Vmm {
             what: "the event loop",
             err: io::Error::other(format!("{e:?}")),
         })?;
+
+        // PCI bus 0 with the ivshmem functions.
+        let mut root = PciRoot::new();
+        let supported_cpuid = cpuid::supported(&kvm)?;
+        let phys_bits = cpuid::phys_bits(&supported_cpuid);
+        let env = IvshmemEnv {
+            vm: vm.clone(),
+            mmio: mmio.clone(),
+            irq: irq.clone(),
+            mem_size: config.mem_size,
+            phys_bits,
+            budget: Arc::new(IoeventfdBudget::default()),
+        };
+        let mut allocator = ivshmem::BarAllocator::new(config.mem_size, phys_bits, next_slot);
+        let mut devices = Vec::new();
+        for (index, backing) in config.ivshmem.iter().enumerate() {
+            let dev = Ivshmem::new(index, backing, &env, &mut allocator)?;
+            root.add_function(dev.function())
+                .map_err(|_| VmmError::PciFull)?;
+            if let Some(sub) = dev.subscriber() {
+                let name = format!("ivshmem{index}");
+                event_manager.add_subscriber(Counted::wrap(name, sub, loop_counters.clone()));
+            }
+            devices.push(dev);
+        }
+
+        // Only now the irqchip and PIT: once they exist, every memory-slot
+        // change waits for an SRCU grace period inside KVM (~7 ms here, most
+        // of the time to first guest output), while before they exist it
+        // takes microseconds. So RAM and the ivshmem BAR2 slots go in first
+        // (a device needs no irqchip until the guest enables MSI-X); only a
+        // BAR2 the guest moves later pays the grace period.
+        vm.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("creating the in-kernel irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit)
+            .map_err(kvm_err("creating the in-kernel PIT"))?;
 
         // COM1 and its interrupt.
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("the serial interrupt"))?;
@@ -266,29 +298,6 @@ impl Vmm {
             Arc::new(Mutex::new(ExitPort::new(stop.clone()))),
         )?;
 
-        // PCI bus 0 with the ivshmem functions.
-        let mut root = PciRoot::new();
-        let phys_bits = cpuid::supported_phys_bits(&kvm)?;
-        let env = IvshmemEnv {
-            vm: vm.clone(),
-            mmio: mmio.clone(),
-            irq: irq.clone(),
-            mem_size: config.mem_size,
-            phys_bits,
-            budget: Arc::new(IoeventfdBudget::default()),
-        };
-        let mut allocator = ivshmem::BarAllocator::new(config.mem_size, phys_bits, next_slot);
-        let mut devices = Vec::new();
-        for (index, backing) in config.ivshmem.iter().enumerate() {
-            let dev = Ivshmem::new(index, backing, &env, &mut allocator)?;
-            root.add_function(dev.function())
-                .map_err(|_| VmmError::PciFull)?;
-            if let Some(sub) = dev.subscriber() {
-                let name = format!("ivshmem{index}");
-                event_manager.add_subscriber(Counted::wrap(name, sub, loop_counters.clone()));
-            }
-            devices.push(dev);
-        }
         pio.insert(
             CONFIG_ADDRESS_PORT,
             CONFIG_PORTS_LEN,
@@ -302,7 +311,7 @@ impl Vmm {
             let vcpu = vm
                 .create_vcpu(u64::from(index))
                 .map_err(kvm_err("creating a vCPU"))?;
-            cpuid::setup_cpuid(&kvm, &vcpu, index, num_cpus)?;
+            cpuid::setup_cpuid(&supported_cpuid, &vcpu, index, num_cpus)?;
             regs::setup_msrs(&vcpu)?;
             regs::setup_fpu(&vcpu)?;
             regs::setup_lapic(&vcpu)?;
