@@ -51,10 +51,19 @@ const LEVEL_CORE: u32 = 2;
 /// "KVMKVMKVM\0\0\0" as EBX, ECX, EDX.
 const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
 
-/// Reads what KVM supports, adapts it to vCPU `cpu_index` of `num_cpus`, and
-/// sets it on `vcpu`.
+/// What KVM supports (KVM_GET_SUPPORTED_CPUID). Fetch it once per VM: the
+/// ioctl takes ~0.3 ms, a visible part of a 5 ms boot.
+pub fn supported(kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, CpuidError> {
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(CpuidError::Supported)?;
+    Ok(cpuid.as_slice().to_vec())
+}
+
+/// Adapts KVM's `supported` CPUID to vCPU `cpu_index` of `num_cpus` and sets
+/// it on `vcpu`.
 pub fn setup_cpuid(
-    kvm: &Kvm,
+    supported: &[kvm_cpuid_entry2],
     vcpu: &VcpuFd,
     cpu_index: u8,
     num_cpus: u8,
@@ -65,10 +74,7 @@ pub fn setup_cpuid(
             num_cpus,
         });
     }
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(CpuidError::Supported)?;
-    let mut entries = supported.as_slice().to_vec();
+    let mut entries = supported.to_vec();
     patch_cpuid(&mut entries, cpu_index, num_cpus);
     let cpuid = CpuId::from_entries(&entries).map_err(CpuidError::TooMany)?;
     vcpu.set_cpuid2(&cpuid).map_err(CpuidError::Set)
@@ -88,14 +94,6 @@ pub fn phys_bits(entries: &[kvm_cpuid_entry2]) -> u8 {
         })
         .unwrap_or(0);
     sane_phys_bits(bits as u8)
-}
-
-/// Convenience: [`phys_bits`] of what KVM supports.
-pub fn supported_phys_bits(kvm: &Kvm) -> Result<u8, CpuidError> {
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(CpuidError::Supported)?;
-    Ok(phys_bits(cpuid.as_slice()))
 }
 
 fn find(entries: &[kvm_cpuid_entry2], function: u32, index: u32) -> Option<&kvm_cpuid_entry2> {

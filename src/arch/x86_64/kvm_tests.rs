@@ -65,7 +65,8 @@ fn test_vm(mem_size: u64) -> Option<TestVm> {
 
 fn vcpu(t: &TestVm, index: u8, num_cpus: u8) -> VcpuFd {
     let vcpu = t.vm.create_vcpu(u64::from(index)).expect("KVM_CREATE_VCPU");
-    setup_cpuid(&t.kvm, &vcpu, index, num_cpus).expect("setup_cpuid");
+    let supported = super::cpuid::supported(&t.kvm).expect("supported cpuid");
+    setup_cpuid(&supported, &vcpu, index, num_cpus).expect("setup_cpuid");
     setup_msrs(&vcpu).expect("setup_msrs");
     setup_fpu(&vcpu).expect("setup_fpu");
     setup_lapic(&vcpu).expect("setup_lapic");
