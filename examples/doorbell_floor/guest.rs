@@ -12,9 +12,8 @@ const GDT: u64 = 0x1000;
 const IDT: u64 = 0x2000;
 const TSS: u64 = 0x3000;
 pub const COUNT: u64 = 0x4000; // u32 bumped by the interrupt handler
-/// The `testguest` loop's variables: u8 role (1 = ping), u64 doorbell
-/// address, u32 timeout flag (stays 0), u32 rounds.
-const VARS: u64 = 0x4040;
+/// The `testguest` loop's timeout word (stays 0: the floor sets no timer).
+const TIMER: u64 = 0x4050;
 const PML4: u64 = 0x8000;
 const PDPT: u64 = 0x9000;
 const PD: u64 = 0xa000; // four page directories: identity map of 0..4 GiB
@@ -42,9 +41,9 @@ const SEL_TSS: u16 = 0x18;
 // Every round's instructions run emulated (guest kernel mode on PVM, about
 // 1 us per memory access), so the default loop is the shortest that does
 // what the test guest does. The second entry, `..._tg`, is the test guest's
-// own round (its rounds_hlt as gcc compiled it: the role, doorbell address
-// and round count read from memory, the timeout word checked while waiting
-// and after each round), to tell guest-code cost from VMM cost.
+// own round (its rounds_hlt, instruction for instruction: after a wakeup it
+// checks the counter first and reads its timeout word only if the counter
+// did not move), to tell guest-code cost from VMM cost.
 core::arch::global_asm!(
     ".pushsection .rodata.ivvmm_floor_guest, \"a\"",
     ".balign 16",
@@ -95,68 +94,56 @@ core::arch::global_asm!(
     ".globl ivvmm_floor_guest_tg",
     "ivvmm_floor_guest_tg:",
     "    xorl %edi, %edi",
-    ".Ltg_round:",
-    "    cmpb $0, {v_ping}",
+    "    testq %r12, %r12",
+    "    jz .Ltg_pong_round",
+    ".Ltg_ping_round:",
     "    leal 1(%rdi), %ecx",
-    "    je .Ltg_pong",
     "    rdtsc",
     "    shlq $32, %rdx",
     "    movl %eax, %eax",
     "    orq %rax, %rdx",
-    "    movq {v_doorbell}, %rax",
     "    movq %rdx, %r8",
-    "    movl %r9d, (%rax)", // ring pong
+    "    movl %r9d, (%rbx)", // ring pong
     "    cli",
-    "    movl {count}, %eax",
-    "    cmpl %ecx, %eax",
-    "    jb .Ltg_ping_timer",
-    "    jmp .Ltg_ping_got",
     ".Ltg_ping_wait:",
+    "    cmpl %ecx, {count}",
+    "    jae .Ltg_ping_got",
     "    sti",
     "    hlt",
     "    cli",
-    "    movl {count}, %eax",
-    "    cmpl %ecx, %eax",
+    "    cmpl %ecx, {count}",
     "    jae .Ltg_ping_got",
-    ".Ltg_ping_timer:",
-    "    movl {v_timer}, %eax",
-    "    testl %eax, %eax",
+    "    cmpl $0, {v_timer}", // the test guest's timeout look, only if not ours
     "    je .Ltg_ping_wait",
+    "    jmp .Ldone",
     ".Ltg_ping_got:",
     "    rdtsc",
-    "    movl %edi, %edx",
     "    subl %r8d, %eax",
-    "    leaq (%r10,%rdx,4), %rdx",
-    "    movl %eax, (%rdx)",
-    ".Ltg_next:",
-    "    movl {v_timer}, %eax",
-    "    testl %eax, %eax",
-    "    jne .Ldone",
+    "    movl %eax, (%r10,%rdi,4)",
     "    movl %ecx, %edi",
-    "    cmpl {v_rounds}, %edi",
-    "    jb .Ltg_round",
+    "    cmpl %r11d, %edi",
+    "    jb .Ltg_ping_round",
     "    jmp .Ldone",
-    ".Ltg_pong:",
+    ".Ltg_pong_round:",
+    "    leal 1(%rdi), %ecx",
     "    cli",
-    "    movl {count}, %eax",
-    "    cmpl %ecx, %eax",
-    "    jb .Ltg_pong_timer",
-    "    jmp .Ltg_pong_got",
     ".Ltg_pong_wait:",
+    "    cmpl %ecx, {count}",
+    "    jae .Ltg_pong_got",
     "    sti",
     "    hlt",
     "    cli",
-    "    movl {count}, %eax",
-    "    cmpl %ecx, %eax",
+    "    cmpl %ecx, {count}",
     "    jae .Ltg_pong_got",
-    ".Ltg_pong_timer:",
-    "    movl {v_timer}, %eax",
-    "    testl %eax, %eax",
+    "    cmpl $0, {v_timer}",
     "    je .Ltg_pong_wait",
+    "    jmp .Ldone",
     ".Ltg_pong_got:",
-    "    movq {v_doorbell}, %rax",
-    "    movl %r9d, (%rax)", // ring ping back
-    "    jmp .Ltg_next",
+    "    movl %r9d, (%rbx)", // ring ping back
+    "    movl %ecx, %edi",
+    "    cmpl %r11d, %edi",
+    "    jb .Ltg_pong_round",
+    "    jmp .Ldone",
     ".Ldone:",
     "    movw ${port}, %dx",
     "    xorl %eax, %eax",
@@ -177,10 +164,7 @@ core::arch::global_asm!(
     eoi = const LAPIC_EOI,
     count = const COUNT,
     port = const EXIT_PORT,
-    v_ping = const VARS,
-    v_doorbell = const VARS + 8,
-    v_timer = const VARS + 16,
-    v_rounds = const VARS + 20,
+    v_timer = const TIMER,
     options(att_syntax),
 );
 
@@ -310,7 +294,7 @@ impl Drop for GuestRam {
 }
 
 /// GDT, IDT (one gate: VECTOR), TSS, identity page tables, the code.
-pub fn write_tables(ram: &mut GuestRam, ping: bool, rounds: u32) {
+pub fn write_tables(ram: &mut GuestRam) {
     let gdt = [
         0,
         0x00af_9b00_0000_ffff,                               // 64-bit code
@@ -323,10 +307,7 @@ pub fn write_tables(ram: &mut GuestRam, ping: bool, rounds: u32) {
     }
     let code = guest_code();
     ram.write(CODE, code.bytes);
-    ram.write(VARS, &[u8::from(ping)]);
-    ram.write_u64(VARS + 8, DOORBELL);
-    ram.write(VARS + 16, &0u32.to_le_bytes());
-    ram.write(VARS + 20, &rounds.to_le_bytes());
+    ram.write(TIMER, &0u32.to_le_bytes());
     let h = CODE + code.handler;
     let gate_lo =
         (h & 0xffff) | (u64::from(SEL_CODE) << 16) | (0x8e << 40) | ((h & 0xffff_0000) << 32);

@@ -28,7 +28,7 @@ pub fn build_vm(
 ) -> Result<(VmFd, VcpuFd, GuestRam), FloorError> {
     let mem_len = (SAMPLES as usize + 4 * rounds as usize).next_multiple_of(2 << 20);
     let mut ram = GuestRam::new(mem_len)?;
-    write_tables(&mut ram, ping, rounds);
+    write_tables(&mut ram);
     let vm = kvm.create_vm().map_err(ioctl("create a VM"))?;
     let region = kvm_userspace_memory_region {
         slot: 0,
