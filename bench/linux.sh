@@ -2,13 +2,15 @@
 # shellcheck shell=bash
 #
 # scripts/bench linux: the Linux guest's tool (`ivshm`, through the guest
-# driver) under QEMU TCG with QEMU's ivshmem: doorbell ping-pong between two
-# VMs on `ivvmm server` (interrupt: the driver's wait ioctl and epoll; and
-# polling on shared memory), and copy bandwidth into and out of BAR2.
-# Labelled "QEMU TCG": no ordinary Linux kernel boots on this host's PVM
-# KVM, so these numbers say what the guest side costs under emulation, not
-# what ivvmm costs. Needs the kernel and initramfs from scripts/setup
-# (IVVMM_KERNEL and IVVMM_INITRAMFS override them).
+# driver): doorbell ping-pong between two VMs on `ivvmm server` (interrupt:
+# the driver's wait ioctl and epoll; and polling on shared memory), and copy
+# bandwidth into and out of BAR2, in each environment available:
+#   - "ivvmm": two ivvmm VMs, where /dev/kvm is hardware-backed;
+#   - "QEMU TCG": QEMU's ivshmem under software emulation, always — labelled
+#     as such: it says what the guest side costs emulated, not what ivvmm
+#     costs. On PVM (no ordinary Linux boots) only this one runs.
+# Needs the kernel and initramfs from scripts/setup (IVVMM_KERNEL and
+# IVVMM_INITRAMFS override them).
 
 LX_ROUNDS_DEFAULT=2000
 
@@ -30,15 +32,30 @@ lx_images() {
     fi
 }
 
-# lx_vm NAME RUN DEVICE_ARGS...: one TCG VM in the foreground (exec: call
+# lx_vm ENV NAME RUN DEVICE...: one Linux VM in the foreground (exec: call
 # it in the background or in a subshell); serial output in $RESULTS/NAME.out.
+# DEVICE is `doorbell SOCKET` or `plain FILE SIZE`.
 lx_vm() {
-    local name=$1 run=$2
-    shift 2
-    exec timeout 600 "$QEMU" -accel tcg -M pc -cpu max -m 256M -nographic -no-reboot \
-        -kernel "$LX_KERNEL" -initrd "$LX_INITRAMFS" \
-        -append "console=ttyS0 panic=-1 quiet tsc_early_khz=$LX_TSC_KHZ tsc=reliable ivvmm.run=\"$run\"" \
-        "$@" </dev/null >"$RESULTS/$name.out" 2>"$RESULTS/$name.stderr"
+    local env=$1 name=$2 run=$3 kind=$4
+    shift 4
+    local dev=()
+    if [ "$env" = qemu ]; then
+        case "$kind" in
+        doorbell) dev=(-chardev "socket,id=ivs,path=$1" -device ivshmem-doorbell,chardev=ivs,vectors=1) ;;
+        plain) dev=(-object "memory-backend-file,id=m,share=on,mem-path=$1,size=$2" -device ivshmem-plain,memdev=m) ;;
+        esac
+        exec timeout 600 "$QEMU" -accel tcg -M pc -cpu max -m 256M -nographic -no-reboot \
+            -kernel "$LX_KERNEL" -initrd "$LX_INITRAMFS" \
+            -append "console=ttyS0 panic=-1 quiet tsc_early_khz=$LX_TSC_KHZ tsc=reliable ivvmm.run=\"$run\"" \
+            "${dev[@]}" </dev/null >"$RESULTS/$name.out" 2>"$RESULTS/$name.stderr"
+    fi
+    case "$kind" in
+    doorbell) dev=(--server "$1" --vectors 1) ;;
+    plain) dev=(--shm-path "$1" --size "$2") ;;
+    esac
+    exec timeout 600 "$IVVMM" --kernel "$LX_KERNEL" --initrd "$LX_INITRAMFS" --mem 256M \
+        --cmdline "quiet ivvmm.run=\"$run\"" --serial stdio \
+        "${dev[@]}" </dev/null >"$RESULTS/$name.out" 2>"$RESULTS/$name.stderr"
 }
 
 lx_ok() {
@@ -46,44 +63,51 @@ lx_ok() {
         die "linux: $1 failed: $(grep -a 'IVVMM-RESULT\|rror' "$RESULTS/$1.out" | tail -n 3 | tr -d '\r')"
 }
 
-bench_linux() {
-    if ! lx_images; then
-        echo "linux (QEMU TCG): SKIPPED: $LX_MISSING" | tee "$RESULTS/summary.txt"
-        return 0
-    fi
-    local rounds=${ROUNDS:-$LX_ROUNDS_DEFAULT} pong_pid sock="$WORK/linux.sock"
-    LX_TSC_KHZ=$("$EXAMPLES/shm_bw" --tsc | awk -F= '{ printf "%d", $2 * 1000 }')
-    say "linux: QEMU TCG, kernel $LX_KERNEL, $rounds rounds per mode; results in $RESULTS"
-
+# lx_env ENV LABEL: ping-pong in three modes and bandwidth in one environment.
+lx_env() {
+    local env=$1 label=$2 rounds=${ROUNDS:-$LX_ROUNDS_DEFAULT} pong_pid sock="$WORK/linux-$1.sock"
     rm -f "$sock"
-    bg_start LX_SERVER "$IVVMM_SERVER" server -S "$sock" -l 4M -n 1 2>"$RESULTS/server.log"
-    wait_for_socket "$sock" 5 || die "ivvmm server did not start (see $RESULTS/server.log)"
-    local dev=(-chardev "socket,id=ivs,path=$sock" -device ivshmem-doorbell,chardev=ivs,vectors=1)
-    bg_start pong_pid lx_vm pong "ivshm pong && ivshm pong --epoll && ivshm pong --poll" "${dev[@]}"
-    (lx_vm ping "ivshm ping --count $rounds && ivshm ping --epoll --count $rounds && ivshm ping --poll --count $rounds" "${dev[@]}") || true
+    bg_start LX_SERVER "$IVVMM_SERVER" server -S "$sock" -l 4M -n 1 2>"$RESULTS/$env-server.log"
+    wait_for_socket "$sock" 5 || die "ivvmm server did not start (see $RESULTS/$env-server.log)"
+    bg_start pong_pid lx_vm "$env" "$env-pong" "ivshm pong && ivshm pong --epoll && ivshm pong --poll" doorbell "$sock"
+    (lx_vm "$env" "$env-ping" "ivshm ping --count $rounds && ivshm ping --epoll --count $rounds && ivshm ping --poll --count $rounds" doorbell "$sock") || true
     wait "$pong_pid" 2>/dev/null || true
     bg_stop "$LX_SERVER"
-    lx_ok ping
-    lx_ok pong
+    lx_ok "$env-ping"
+    lx_ok "$env-pong"
 
     # Bandwidth: one VM, ivshmem-plain on a file in /dev/shm that we remove.
     LX_SHM="/dev/shm/ivvmm-bench-linux-$$"
     trap 'rm -f "$LX_SHM"; bench_cleanup' EXIT
-    (lx_vm bw "ivshm bw --size 16M --ms 1000" \
-        -object "memory-backend-file,id=m,share=on,mem-path=$LX_SHM,size=16M" \
-        -device ivshmem-plain,memdev=m) || true
+    (lx_vm "$env" "$env-bw" "ivshm bw --size 16M --ms 1000" plain "$LX_SHM" 16M) || true
     rm -f "$LX_SHM"
-    lx_ok bw
+    lx_ok "$env-bw"
 
     {
-        echo "Linux guest tool under QEMU TCG (QEMU's ivshmem, ivvmm server), $rounds rounds per mode; us"
-        printf '%-34s %9s %9s %9s %9s\n' "QEMU TCG ping-pong" p50 p90 p99 max
-        grep -a '^ping: ok' "$RESULTS/ping.out" | tr -d '\r' | awk '{
+        printf '%-34s %9s %9s %9s %9s\n' "$label ping-pong" p50 p90 p99 max
+        grep -a '^ping: ok' "$RESULTS/$env-ping.out" | tr -d '\r' | awk '{
             for (i = 1; i <= NF; i++) { split($i, a, "="); v[a[1]] = a[2] }
             printf "%-34s %9.1f %9.1f %9.1f %9.1f\n", "mode=" v["mode"], v["p50"] / 1000, v["p90"] / 1000, v["p99"] / 1000, v["max"] / 1000 }'
-        grep -a '^bw: ok' "$RESULTS/bw.out" | tr -d '\r' | awk '{
+        grep -a '^bw: ok' "$RESULTS/$env-bw.out" | tr -d '\r' | awk -v l="$label" '{
             for (i = 1; i <= NF; i++) { split($i, a, "="); v[a[1]] = a[2] }
-            printf "QEMU TCG bw (%d MiB, cache=%s): write %s MB/s, read %s MB/s\n", v["bytes"] / 1048576, v["cache"], v["write_mbps"], v["read_mbps"] }'
-        echo "(mode=irq: driver wait ioctl; epoll: epoll + read; poll: spinning on shared memory)"
-    } | tee "$RESULTS/summary.txt"
+            printf "%s bw (%d MiB, cache=%s): write %s MB/s, read %s MB/s\n", l, v["bytes"] / 1048576, v["cache"], v["write_mbps"], v["read_mbps"] }'
+    } | tee -a "$RESULTS/summary.txt"
+}
+
+bench_linux() {
+    if ! lx_images; then
+        echo "linux: SKIPPED: $LX_MISSING" | tee "$RESULTS/summary.txt"
+        return 0
+    fi
+    LX_TSC_KHZ=$("$EXAMPLES/shm_bw" --tsc | awk -F= '{ printf "%d", $2 * 1000 }')
+    local rounds=${ROUNDS:-$LX_ROUNDS_DEFAULT}
+    say "linux: kernel $LX_KERNEL, $rounds rounds per mode; results in $RESULTS"
+    echo "Linux guest tool (driver + ivshm) on ivvmm server, $rounds rounds per mode; us" | tee "$RESULTS/summary.txt"
+    if [ -e /sys/module/kvm_pvm ]; then
+        echo "ivvmm: SKIPPED (PVM: no hardware virtualization; no ordinary Linux boots here)" | tee -a "$RESULTS/summary.txt"
+    else
+        lx_env ivvmm "ivvmm"
+    fi
+    lx_env qemu "QEMU TCG"
+    echo "(mode=irq: driver wait ioctl; epoll: epoll + read; poll: spinning on shared memory)" | tee -a "$RESULTS/summary.txt"
 }
