@@ -132,7 +132,8 @@ fn host_memory() -> Option<u64> {
 
 /// A built VM, ready to run.
 pub struct Vmm {
-    vm: Arc<VmFd>,
+    /// Held so the VM outlives its vCPU threads and devices.
+    _vm: Arc<VmFd>,
     // Kept alive for the VM's lifetime: KVM memory slots point into it.
     _guest_mem: GuestMemoryMmap,
     vcpus: Vec<VcpuFd>,
@@ -343,7 +344,7 @@ impl Vmm {
             dev.keep_backing();
         }
         Ok(Vmm {
-            vm,
+            _vm: vm,
             _guest_mem: guest_mem,
             vcpus,
             ctx,
@@ -385,8 +386,11 @@ impl Vmm {
         }
 
         while !self.stop.is_stopping() {
+            // EINTR is absorbed by the event manager; anything else (a broken
+            // epoll fd) won't heal, so stop rather than spin on it.
             if let Err(e) = self.event_manager.run() {
-                log::warn!("event loop: {e:?}");
+                self.stop
+                    .request(StopReason::Fatal(format!("the event loop failed: {e:?}")));
             }
             if stats_request.swap(false, std::sync::atomic::Ordering::SeqCst) {
                 self.print_stats();
@@ -403,7 +407,6 @@ impl Vmm {
         if self.stats {
             self.print_stats();
         }
-        let _ = &self.vm;
         Ok(self
             .stop
             .reason()
