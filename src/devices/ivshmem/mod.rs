@@ -348,11 +348,6 @@ impl Ivshmem {
         self.backend.keep();
     }
 
-    /// The backing object's name, for messages.
-    pub fn describe(&self) -> &str {
-        self.backend.describe()
-    }
-
     /// Counters for `--stats`.
     pub fn stats(&self) -> Vec<(String, u64)> {
         use std::sync::atomic::Ordering::Relaxed;
