@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -95,75 +95,15 @@ pub fn field_of(line: &str, key: &str) -> Option<String> {
         .find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_string))
 }
 
-/// Waits for `child` up to `timeout`; kills it if it runs over.
-pub fn wait_with_deadline(mut child: Child, timeout: Duration) -> Outcome {
-    let start = Instant::now();
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
-    let out_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(o) = out.as_mut() {
-            let _ = o.read_to_string(&mut s);
-        }
-        s
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(e) = err.as_mut() {
-            let _ = e.read_to_string(&mut s);
-        }
-        s
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let status = child.wait().expect("wait after kill");
-            let stdout = out_thread.join().unwrap_or_default();
-            let stderr = err_thread.join().unwrap_or_default();
-            panic!(
-                "process ran over its {timeout:?} deadline and was killed ({status})\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Outcome {
-        status,
-        stdout: out_thread.join().unwrap_or_default(),
-        stderr: err_thread.join().unwrap_or_default(),
-        elapsed: start.elapsed(),
-    }
-}
-
-/// Starts ivvmm with `args`, stdin from `input` (or /dev/null).
-pub fn spawn_ivvmm(args: &[&str], input: Option<&[u8]>) -> Child {
-    let mut cmd = Command::new(ivvmm());
-    cmd.args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-    let mut child = cmd.spawn().expect("spawn ivvmm");
-    if let Some(bytes) = input {
-        let mut stdin = child.stdin.take().expect("stdin");
-        let bytes = bytes.to_vec();
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(&bytes);
-            // Keep stdin open a little so the guest sees the bytes before EOF.
-            std::thread::sleep(Duration::from_secs(1));
-        });
-    }
-    child
+/// Waits for `child` (stdout and stderr piped) up to `timeout`; kills it
+/// if it runs over.
+pub fn wait_with_deadline(child: Child, timeout: Duration) -> Outcome {
+    Running::from_child(child).finish(timeout)
 }
 
 /// Runs ivvmm to completion within `timeout`.
 pub fn run_ivvmm(args: &[&str], timeout: Duration) -> Outcome {
-    wait_with_deadline(spawn_ivvmm(args, None), timeout)
+    Running::ivvmm(args).finish(timeout)
 }
 
 /// Boots the test guest (bzImage) with `test` on its command line.
@@ -307,13 +247,18 @@ fn collect<R: Read + Send + 'static>(
 
 impl Running {
     pub fn spawn(program: &str, args: &[&str]) -> Running {
-        let mut child = Command::new(program)
+        let child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        Running::from_child(child)
+    }
+
+    /// Takes over a child whose stdout and stderr are piped.
+    pub fn from_child(mut child: Child) -> Running {
         let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let readers = vec![
