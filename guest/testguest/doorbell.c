@@ -149,6 +149,20 @@ void test_doorbell_bad(void)
 	if (m.nvec < 0xff)
 		ok &= ring_expect(d, "self_vector_count", id, m.nvec, -1);
 	ok &= ring_expect(d, "self_vector_0", id, 0, 0);
+
+	/*
+	 * BAR0 moves (decode off, new address, decode on): the doorbells must
+	 * follow it, and its old address must be dead.
+	 */
+	u64 old0 = d->bar[0].addr;
+	u64 new0 = param_u64("bar0_to", old0 + 0x800);
+	pci_bar_set(d->f, 0, false, new0);
+	kprintf("doorbell-bad bar0 from=0x%lx to=0x%lx\n", old0, new0);
+	d->bar[0].addr = new0;
+	ok &= ring_expect(d, "self_vector_0_bar0_moved", id, 0, 0);
+	d->bar[0].addr = old0;
+	ok &= ring_expect(d, "old_bar0_address", id, 0, -1);
+	d->bar[0].addr = new0;
 	if (!ok)
 		fail("a doorbell went to the wrong place");
 }
