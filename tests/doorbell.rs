@@ -358,3 +358,41 @@ fn vm_pings_a_host_client() {
     let pong = pong.finish(Duration::from_secs(10));
     assert_eq!(pong.code(), 0, "{pong:?}");
 }
+
+#[test]
+fn too_many_peers_times_vectors_is_refused_clearly_and_the_vm_keeps_running() {
+    if !require_kvm() {
+        return;
+    }
+    // 64 vectors (the server's maximum, as QEMU's): the VM's own 64 plus 15
+    // host peers' 64 each is 1024 doorbells, past KVM's ~1000 per VM.
+    let server = Server::start(&["-l", "4M", "-n", "64"]);
+    let mut vm = start_guest(
+        "serial-echo timeout_ms=0",
+        &["--server", server.path(), "--vectors", "64", "--stats"],
+    );
+    vm.wait_for("ready", BOOT);
+    let mut peers = Vec::new();
+    for _ in 0..15 {
+        let mut c = Running::ivvmm(&["client", "-S", server.path()]);
+        c.wait_for("id=", BOOT);
+        peers.push(c);
+    }
+    vm.wait_for("KVM allows about", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        vm.child.try_wait().unwrap().is_none(),
+        "the VM keeps running"
+    );
+    vm.signal(libc::SIGTERM);
+    let out = vm.finish(Duration::from_secs(10));
+    let dev = stats(&out, "ivshmem0");
+    assert!(dev["over_budget"] >= 34, "{dev:?}");
+    // Said clearly, but not once per doorbell.
+    let said = out.stderr.matches("KVM allows about").count();
+    assert!((1..=8).contains(&said), "{said} lines: {out:?}");
+    for p in peers {
+        p.signal(libc::SIGINT);
+        let _ = p.finish(Duration::from_secs(10));
+    }
+}

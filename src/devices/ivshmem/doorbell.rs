@@ -244,10 +244,12 @@ impl Doorbell {
 
     fn register(&self, id: u16, vector: u16, out: &mut Outgoing, addr: u64) {
         if !self.budget.take() {
-            self.stats.over_budget.fetch_add(1, Ordering::Relaxed);
-            log::error!(
-                "ivshmem: doorbell for peer {id} vector {vector} not connected: KVM allows about {IOEVENTFD_BUDGET} doorbells per VM (peers × vectors); use fewer vectors or peers"
-            );
+            let n = self.stats.over_budget.fetch_add(1, Ordering::Relaxed) + 1;
+            if n == 1 || n.is_power_of_two() {
+                log::error!(
+                    "ivshmem: doorbell for peer {id} vector {vector} not connected: KVM allows about {IOEVENTFD_BUDGET} doorbells per VM (peers × vectors); use fewer vectors or peers ({n} unconnected so far)"
+                );
+            }
             return;
         }
         let datamatch = (u32::from(id) << 16) | u32::from(vector);
