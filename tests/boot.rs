@@ -154,6 +154,53 @@ fn unhandled_accesses_read_all_ones_and_are_logged_once() {
     }
 }
 
+/// The guest finds the initrd where each boot protocol says, in usable RAM,
+/// byte for byte the file we gave.
+#[test]
+fn initrd_reaches_the_guest_intact_through_every_boot_path() {
+    if !require_kvm() {
+        return;
+    }
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let want = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let initrd = std::env::temp_dir().join(unique("ivvmm-initrd"));
+    std::fs::write(&initrd, &data).unwrap();
+    for image in [
+        "testguest.bzImage",
+        "testguest.pvh.elf",
+        "testguest.vmlinux",
+    ] {
+        let kernel = testguest_file(image);
+        let out = run_ivvmm(
+            &[
+                "--kernel",
+                kernel.to_str().unwrap(),
+                "--initrd",
+                initrd.to_str().unwrap(),
+                "--cmdline",
+                "test=initrd",
+            ],
+            Duration::from_secs(60),
+        );
+        assert!(out.passed(), "{image}: {out:?}");
+        assert_eq!(
+            out.field("initrd addr", "size").as_deref(),
+            Some("3000000"),
+            "{image}"
+        );
+        assert_eq!(
+            out.field("initrd fnv1a", "fnv1a"),
+            Some(format!("{want:#x}")),
+            "{image}: {out:?}"
+        );
+    }
+    let _ = std::fs::remove_file(initrd);
+}
+
 #[test]
 fn two_vcpus_come_up() {
     if !require_kvm() {

@@ -4,7 +4,11 @@
 #include "common.h"
 
 /* boot_params (zero page) offsets, Documentation/arch/x86/zero-page.rst */
+#define BP_EXT_RAMDISK_IMAGE	0x0c0
+#define BP_EXT_RAMDISK_SIZE	0x0c4
 #define BP_EXT_CMD_LINE_PTR	0x0c8
+#define BP_RAMDISK_IMAGE	0x218
+#define BP_RAMDISK_SIZE		0x21c
 #define BP_E820_ENTRIES		0x1e8
 #define BP_CMD_LINE_PTR		0x228
 #define BP_E820_TABLE		0x2d0
@@ -12,6 +16,8 @@
 
 /* struct hvm_start_info, xen/include/public/arch-x86/hvm/start_info.h */
 #define PVH_MAGIC		0x336ec578
+#define PVH_NR_MODULES		12
+#define PVH_MODLIST_PADDR	16
 #define PVH_CMDLINE_PADDR	24
 #define PVH_MEMMAP_PADDR	40
 #define PVH_MEMMAP_ENTRIES	48
@@ -60,6 +66,12 @@ void boot_parse(u32 kind, u64 info)
 			fail("hvm_start_info magic is 0x%x, want 0x%x", rd32(info), PVH_MAGIC);
 		}
 		copy_cmdline(rd64(info + PVH_CMDLINE_PADDR));
+		/* The first module is the initrd: {u64 paddr, u64 size, ...}. */
+		u64 mods = rd64(info + PVH_MODLIST_PADDR);
+		if (rd32(info + PVH_NR_MODULES) && mods) {
+			boot.initrd_addr = rd64(mods);
+			boot.initrd_size = rd64(mods + 8);
+		}
 		u64 map = rd64(info + PVH_MEMMAP_PADDR);
 		u32 n = rd32(info + PVH_MEMMAP_ENTRIES);
 		for (u32 i = 0; map && i < n; i++) {
@@ -70,6 +82,10 @@ void boot_parse(u32 kind, u64 info)
 	}
 	u64 cmd = rd32(info + BP_CMD_LINE_PTR) | ((u64)rd32(info + BP_EXT_CMD_LINE_PTR) << 32);
 	copy_cmdline(cmd);
+	boot.initrd_addr = rd32(info + BP_RAMDISK_IMAGE) |
+			   ((u64)rd32(info + BP_EXT_RAMDISK_IMAGE) << 32);
+	boot.initrd_size = rd32(info + BP_RAMDISK_SIZE) |
+			   ((u64)rd32(info + BP_EXT_RAMDISK_SIZE) << 32);
 	u32 n = rd8(info + BP_E820_ENTRIES);
 	if (n > BP_E820_TABLE_MAX)
 		n = BP_E820_TABLE_MAX;

@@ -21,6 +21,7 @@ static const struct test_case tests[] = {
 	{ "triplefault", test_triplefault, true },
 	{ "bad-insn", test_bad_insn, true },
 	{ "unhandled", test_unhandled, true },
+	{ "initrd", test_initrd, true },
 	{ "smp", test_smp, true },
 	{ "serial-echo", test_serial_echo, true },
 	{ "ivshmem-ids", test_ivshmem_ids, true },

@@ -10,6 +10,7 @@ void test_reboot(void);
 void test_triplefault(void);
 void test_bad_insn(void);
 void test_unhandled(void);
+void test_initrd(void);
 void test_smp(void);
 void test_serial_echo(void);
 void test_ivshmem_ids(void);

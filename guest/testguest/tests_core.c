@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-// VMM core cases: hello, exit, pci, reboot, triplefault.
+// VMM core cases: hello, exit, pci, reboot, triplefault, bad-insn, unhandled, initrd.
 #include "common.h"
+#include "cpu.h"
 #include "pci.h"
 #include "tests.h"
+#include "user.h"
 
 void test_hello(void)
 {
@@ -96,4 +98,26 @@ void test_unhandled(void)
 	kprintf("unhandled reads=200 not_all_ones=%u\n", bad);
 	if (bad)
 		fail("unhandled accesses did not read all-ones");
+}
+
+/*
+ * The initrd the VMM was given: where the boot protocol says it is (Linux:
+ * boot_params ramdisk_image/size; PVH: the first module), inside RAM the
+ * e820 map marks usable, and its bytes' FNV-1a hash (computed in user mode)
+ * for the host to compare with the file.
+ */
+void test_initrd(void)
+{
+	u64 a = boot.initrd_addr, n = boot.initrd_size;
+	kprintf("initrd addr=0x%lx size=%lu\n", a, n);
+	if (!a || !n)
+		fail("no initrd in the boot information");
+	if (!e820_is_ram(a, n))
+		fail("initrd 0x%lx+0x%lx is not in usable RAM", a, n);
+	if (a & 0xfff)
+		fail("initrd at 0x%lx is not page-aligned", a);
+	static struct hash_job job;
+	job = (struct hash_job){ a, n };
+	u64 h = user_call(user_fnv1a, (u64)&job, false);
+	kprintf("initrd fnv1a=0x%lx\n", h);
 }

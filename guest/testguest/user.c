@@ -60,3 +60,13 @@ u64 user_sort_u32(u64 arg)
 	}
 	return 0;
 }
+
+u64 user_fnv1a(u64 arg)
+{
+	struct hash_job *j = (struct hash_job *)arg;
+	const u8 *p = (const u8 *)j->addr;
+	u64 h = 0xcbf29ce484222325ull;
+	for (u64 i = 0; i < j->size; i++)
+		h = (h ^ p[i]) * 0x100000001b3ull;
+	return h;
+}

@@ -29,4 +29,10 @@ struct sort_job {
 };
 u64 user_sort_u32(u64 arg);
 
+struct hash_job {
+	u64 addr, size;
+};
+/* arg = struct hash_job *: the 64-bit FNV-1a hash of the bytes. */
+u64 user_fnv1a(u64 arg);
+
 #endif
