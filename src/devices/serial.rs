@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -38,16 +39,36 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// Tells the stdin reader that the guest drained the input FIFO.
-pub struct FifoDrained(pub EventFd);
+/// What the UART reports back: the guest drained the input FIFO (wakes the
+/// stdin reader), and how many bytes the guest has written.
+pub struct UartEvents {
+    drained: EventFd,
+    bytes_out: AtomicU64,
+}
 
-impl SerialEvents for FifoDrained {
+impl UartEvents {
+    pub fn new(drained: EventFd) -> Self {
+        UartEvents {
+            drained,
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes the guest has sent through COM1 so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+}
+
+impl SerialEvents for UartEvents {
     fn buffer_read(&self) {}
-    fn out_byte(&self) {}
+    fn out_byte(&self) {
+        self.bytes_out.fetch_add(1, Ordering::Relaxed);
+    }
     fn tx_lost_byte(&self) {}
     fn in_buffer_empty(&self) {
         // A full counter still signals; nothing to do on error.
-        let _ = self.0.write(1);
+        let _ = self.drained.write(1);
     }
 }
 
@@ -74,7 +95,7 @@ impl Write for Sink {
     }
 }
 
-type Uart = Serial<IrqTrigger, Arc<FifoDrained>, Sink>;
+type Uart = Serial<IrqTrigger, Arc<UartEvents>, Sink>;
 
 /// The UART as the PIO bus sees it.
 pub struct SerialDevice {
@@ -83,7 +104,7 @@ pub struct SerialDevice {
 
 impl SerialDevice {
     /// `irq` is the eventfd registered as irqfd on [`COM1_IRQ`].
-    pub fn new(irq: EventFd, drained: Arc<FifoDrained>, sink: SerialSink) -> io::Result<Self> {
+    pub fn new(irq: EventFd, events: Arc<UartEvents>, sink: SerialSink) -> io::Result<Self> {
         let out = match sink {
             SerialSink::Null => None,
             SerialSink::File(f) => Some(f),
@@ -98,7 +119,7 @@ impl SerialDevice {
             }
         };
         Ok(SerialDevice {
-            uart: Serial::with_events(IrqTrigger(irq), drained, Sink(out)),
+            uart: Serial::with_events(IrqTrigger(irq), events, Sink(out)),
         })
     }
 
@@ -283,7 +304,7 @@ mod tests {
         let drained = EventFd::new(EFD_NONBLOCK).unwrap();
         let dev = SerialDevice::new(
             irq.try_clone().unwrap(),
-            Arc::new(FifoDrained(drained.try_clone().unwrap())),
+            Arc::new(UartEvents::new(drained.try_clone().unwrap())),
             SerialSink::Null,
         )
         .unwrap();

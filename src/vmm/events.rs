@@ -9,6 +9,9 @@ use std::sync::{Arc, Mutex};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::devices::serial::UartEvents;
 
 use super::stop::{StopReason, VmStop};
 
@@ -146,6 +149,47 @@ impl MutEventSubscriber for SignalHandler {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
             log::error!("can't watch signals: {e:?}");
+        }
+    }
+}
+
+/// How long a silent guest on PVM runs before the hint.
+pub const PVM_HINT_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// On PVM, one warning if the guest has printed nothing after
+/// [`PVM_HINT_AFTER`]: a real Linux kernel there crawls (its kernel code is
+/// emulated) or stops at an instruction PVM lacks, silently; the user should
+/// know why instead of staring at an empty terminal.
+pub struct PvmHint {
+    timer: TimerFd,
+    uart: Arc<UartEvents>,
+}
+
+impl PvmHint {
+    pub fn new(uart: Arc<UartEvents>) -> std::io::Result<Self> {
+        let mut timer = TimerFd::new().map_err(std::io::Error::other)?;
+        timer
+            .reset(PVM_HINT_AFTER, None)
+            .map_err(std::io::Error::other)?;
+        Ok(PvmHint { timer, uart })
+    }
+}
+
+impl MutEventSubscriber for PvmHint {
+    fn process(&mut self, _events: Events, ops: &mut EventOps) {
+        let _ = self.timer.wait();
+        let _ = ops.remove(Events::new(&self.timer, EventSet::IN));
+        if self.uart.bytes_out() == 0 {
+            log::warn!(
+                "no guest output after {}s, and /dev/kvm here is PVM (software virtualization: guest kernel code runs emulated at ~1.7M instructions/s and ordinary Linux kernels don't boot on it); use a host with hardware KVM (VMX/SVM)",
+                PVM_HINT_AFTER.as_secs()
+            );
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
+            log::debug!("can't watch the PVM hint timer: {e:?}");
         }
     }
 }

@@ -32,11 +32,11 @@ use crate::devices::ivshmem::doorbell::IoeventfdBudget;
 use crate::devices::ivshmem::{self, Ivshmem, IvshmemEnv, IvshmemError};
 use crate::devices::pci::root::{PciRoot, CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN};
 use crate::devices::serial::{
-    FifoDrained, SerialDevice, SerialInput, SerialSink, COM1_IRQ, COM1_PORT, COM1_PORT_LEN,
+    SerialDevice, SerialInput, SerialSink, UartEvents, COM1_IRQ, COM1_PORT, COM1_PORT_LEN,
 };
 use crate::irq::IrqRouting;
 use crate::vcpu::{self, ExitCounters, UnhandledLog, VcpuContext};
-use events::{Counted, LoopCounters, SignalHandler, StopWatcher};
+use events::{Counted, LoopCounters, PvmHint, SignalHandler, StopWatcher};
 use stop::{StopReason, VmStop};
 
 /// Where KVM puts the (Intel-only) TSS: three pages just below the BIOS area.
@@ -122,6 +122,12 @@ pub fn max_vcpus(kvm: &Kvm) -> u32 {
     n.clamp(1, u32::from(mptable::MAX_CPUS))
 }
 
+/// Whether /dev/kvm is PVM (software virtualization, module kvm_pvm): guest
+/// kernel code runs emulated there and ordinary Linux kernels don't boot.
+pub fn kvm_is_pvm() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
 /// Total host memory from /proc/meminfo, if it can be read.
 fn host_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -143,6 +149,7 @@ pub struct Vmm {
     loop_counters: Arc<LoopCounters>,
     ivshmem: Vec<Ivshmem>,
     serial_is_stdio: bool,
+    uart_events: Arc<UartEvents>,
     stats: bool,
 }
 
@@ -273,8 +280,9 @@ impl Vmm {
         let drained_clone = drained
             .try_clone()
             .map_err(io_err("the serial input event"))?;
+        let uart_events = Arc::new(UartEvents::new(drained_clone));
         let serial = Arc::new(Mutex::new(
-            SerialDevice::new(serial_irq, Arc::new(FifoDrained(drained_clone)), sink)
+            SerialDevice::new(serial_irq, uart_events.clone(), sink)
                 .map_err(io_err("the serial console"))?,
         ));
         pio.insert(COM1_PORT, COM1_PORT_LEN, serial.clone())?;
@@ -353,6 +361,7 @@ impl Vmm {
             loop_counters,
             ivshmem: devices,
             serial_is_stdio: config.serial == SerialChoice::Stdio,
+            uart_events,
             stats: config.stats,
         })
     }
@@ -367,6 +376,15 @@ impl Vmm {
             self.loop_counters.clone(),
         ));
         vcpu::install_kick_handler().map_err(io_err("the vCPU kick signal"))?;
+        if kvm_is_pvm() {
+            match PvmHint::new(self.uart_events.clone()) {
+                Ok(hint) => {
+                    self.event_manager
+                        .add_subscriber(Arc::new(Mutex::new(hint)));
+                }
+                Err(e) => log::debug!("no PVM hint timer: {e}"),
+            }
+        }
         let _raw = if self.serial_is_stdio {
             terminal::enter_raw_mode()
         } else {
