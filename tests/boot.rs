@@ -164,9 +164,7 @@ fn initrd_reaches_the_guest_intact_through_every_boot_path() {
     let data: Vec<u8> = (0..3_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let want = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    });
+    let want = fnv1a(&data);
     let initrd = std::env::temp_dir().join(unique("ivvmm-initrd"));
     std::fs::write(&initrd, &data).unwrap();
     for image in [

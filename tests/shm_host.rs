@@ -20,9 +20,7 @@ fn hello(extra: &[&str]) -> Outcome {
 fn fingerprint(path: &Path) -> (u64, u64, i64, u64) {
     let m = fs::metadata(path).unwrap();
     let data = fs::read(path).unwrap();
-    let sum = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    });
+    let sum = fnv1a(&data);
     (
         m.len(),
         m.ino(),

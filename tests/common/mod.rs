@@ -445,3 +445,10 @@ pub fn run_in_private_mounts(script: &str, timeout: Duration) -> Outcome {
         .expect("unshare");
     wait_with_deadline(child, timeout)
 }
+
+/// 64-bit FNV-1a, as the test guest's `initrd` case computes it.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
