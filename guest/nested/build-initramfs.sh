@@ -1,0 +1,95 @@
+#!/bin/bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+#
+# Build the L1 initramfs for nested runs: busybox-static, a static ivvmm,
+# our L2 guest kernel and initramfs (guest/kernel/build.sh,
+# guest/initramfs/build.sh) and guest/nested/init, as a gzip cpio:
+#   ~/.cache/ivvmm/nested-initramfs-<key>.cpio.gz   (or under $IVVMM_CACHE)
+# <key> hashes every input. The last line printed is the path.
+#
+#   build-initramfs.sh               build if needed (ivvmm too: cargo, static)
+#   build-initramfs.sh --print-path  print the path if built, else exit 1
+#
+# The static ivvmm is built with
+#   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release
+#     --target x86_64-unknown-linux-gnu --target-dir $IVVMM_NESTED_TARGET
+# ($IVVMM_NESTED_TARGET defaults to /tmp/nested-target), so that it does not
+# disturb the workspace's own target/.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+guest=$(dirname "$here")
+repo=$(dirname "$guest")
+cache=${IVVMM_CACHE:-$HOME/.cache/ivvmm}
+busybox=${IVVMM_BUSYBOX:-/bin/busybox}
+target=${IVVMM_NESTED_TARGET:-/tmp/nested-target}
+ivvmm=$target/x86_64-unknown-linux-gnu/release/ivvmm
+
+die() {
+	echo "guest/nested/build-initramfs.sh: $*" >&2
+	exit 1
+}
+
+print_only=no
+case "${1:-}" in
+--print-path) print_only=yes ;;
+"") ;;
+*) die "unknown option '$1' (use --print-path)" ;;
+esac
+
+if [ "$print_only" = no ]; then
+	echo "building a static ivvmm in $target ..." >&2
+	(cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
+		--target x86_64-unknown-linux-gnu --target-dir "$target" --bin ivvmm) >&2 ||
+		die "the static ivvmm build failed"
+	"$guest/kernel/build.sh" >/dev/null
+	"$guest/initramfs/build.sh" >/dev/null
+fi
+[ -x "$ivvmm" ] || die "$ivvmm is missing: run guest/nested/build-initramfs.sh"
+readelf -l "$ivvmm" | grep -q INTERP && die "$ivvmm is dynamically linked (crt-static was lost)"
+l2kernel=$("$guest/kernel/build.sh" --print-path) || die "no L2 kernel: run guest/kernel/build.sh"
+l2initrd=$("$guest/initramfs/build.sh" --print-path) || die "no L2 initramfs: run guest/initramfs/build.sh"
+kbuild=$("$guest/kernel/build.sh" --print-build-dir)
+gen_init_cpio=$kbuild/usr/gen_init_cpio
+[ -x "$gen_init_cpio" ] || die "$gen_init_cpio is missing: rebuild the guest kernel"
+[ -x "$busybox" ] || die "$busybox is missing: install busybox-static (run scripts/setup)"
+
+key_inputs() {
+	echo "ivvmm=$(sha256sum <"$ivvmm")"
+	echo "l2kernel=$(sha256sum <"$l2kernel")"
+	echo "l2initrd=$l2initrd"
+	echo "busybox=$(sha256sum <"$busybox")"
+	echo "init=$(sha256sum <"$here/init")"
+	echo "script=$(sha256sum <"${BASH_SOURCE[0]}")"
+}
+key=$(key_inputs | sha256sum | cut -c1-16)
+out=$cache/nested-initramfs-$key.cpio.gz
+
+if [ "$print_only" = yes ] || [ -f "$out" ]; then
+	[ -f "$out" ] || die "no L1 initramfs for the current inputs (key $key): run guest/nested/build-initramfs.sh"
+	echo "$out"
+	exit 0
+fi
+
+mkdir -p "$cache"
+work=$(mktemp -d "$cache/nested-initramfs.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+cat >"$work/list" <<EOF
+dir /bin 0755 0 0
+dir /dev 0755 0 0
+nod /dev/console 0600 0 0 c 5 1
+dir /proc 0555 0 0
+dir /sys 0555 0 0
+dir /tmp 01777 0 0
+dir /root 0700 0 0
+dir /l2 0755 0 0
+file /init $here/init 0755 0 0
+file /bin/busybox $busybox 0755 0 0
+file /bin/ivvmm $ivvmm 0755 0 0
+file /l2/bzImage $l2kernel 0644 0 0
+file /l2/initramfs.cpio.gz $l2initrd 0644 0 0
+EOF
+"$gen_init_cpio" -t 0 "$work/list" | gzip -6n >"$work/initramfs.cpio.gz"
+mv "$work/initramfs.cpio.gz" "$out"
+echo "L1 initramfs: $(du -h "$out" | cut -f1)" >&2
+echo "$out"
