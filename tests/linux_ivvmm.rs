@@ -58,20 +58,11 @@ fn bar2_mapping_is_write_back() {
     if skip_linux_in_ivvmm() {
         return;
     }
-    // ivvmm puts BAR2 above RAM and 4 GiB and enables the MTRRs with a
-    // write-back default, so even a small BAR gets write-back.
     let dir = TempDir::new("ivvmm-pat");
     let out = Vm::ivvmm("pat-4M", "sh /tests/pat.sh")
         .plain(&dir.path().join("shm"), "4M")
         .run();
-    out.assert_ok();
-
-    let (start, end, cache) = checks::bar2(&out, "wb", "ivshmem0");
-    assert!(start >= 1 << 32, "BAR2 is above 4 GiB: {start:#x}");
-    assert_eq!(end - start + 1, MIB4);
-    assert_eq!(checks::pat_type(&out, "wb", start, end), "write-back");
-    assert_eq!(cache, "write-back", "the driver reports the real type");
-    checks::assert_uc_control(&out);
+    checks::assert_ivvmm_bar2_write_back(&out);
 }
 
 #[test]

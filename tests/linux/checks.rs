@@ -198,6 +198,20 @@ pub fn assert_uc_control(out: &Output) {
     assert_eq!(cache, "uncached");
 }
 
+/// What /tests/pat.sh printed in ivvmm with one 4 MiB plain device:
+/// ivvmm puts BAR2 above RAM and 4 GiB and enables the MTRRs with a
+/// write-back default, so even a small BAR is mapped write-back, and the
+/// `cache=uc` control shows the type is the driver's choice.
+pub fn assert_ivvmm_bar2_write_back(out: &Output) {
+    out.assert_ok();
+    let (start, end, cache) = bar2(out, "wb", "ivshmem0");
+    assert!(start >= 1 << 32, "BAR2 is above 4 GiB: {start:#x}");
+    assert_eq!(end - start + 1, MIB4);
+    assert_eq!(pat_type(out, "wb", start, end), "write-back");
+    assert_eq!(cache, "write-back", "the driver reports the real type");
+    assert_uc_control(out);
+}
+
 /// The commands of a ping and a pong VM that play 100 rounds in each wait
 /// mode: irq (wait ioctl), epoll + read on vector 1, poll (no doorbell).
 pub const PONG_PHASES: &str = "cat /sys/class/ivshmem/ivshmem0/vectors && ivshm pong && \
