@@ -13,8 +13,8 @@
 # The static ivvmm is built with
 #   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release
 #     --target x86_64-unknown-linux-gnu --target-dir $IVVMM_NESTED_TARGET
-# ($IVVMM_NESTED_TARGET defaults to /tmp/nested-target), so that it does not
-# disturb the workspace's own target/.
+# ($IVVMM_NESTED_TARGET defaults to ~/.cache/ivvmm/nested-target), so that it
+# does not disturb the workspace's own target/ and survives fresh clones.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,7 +22,7 @@ guest=$(dirname "$here")
 repo=$(dirname "$guest")
 cache=${IVVMM_CACHE:-$HOME/.cache/ivvmm}
 busybox=${IVVMM_BUSYBOX:-/bin/busybox}
-target=${IVVMM_NESTED_TARGET:-/tmp/nested-target}
+target=${IVVMM_NESTED_TARGET:-$cache/nested-target}
 ivvmm=$target/x86_64-unknown-linux-gnu/release/ivvmm
 
 die() {
@@ -91,5 +91,7 @@ file /l2/initramfs.cpio.gz $l2initrd 0644 0 0
 EOF
 "$gen_init_cpio" -t 0 "$work/list" | gzip -6n >"$work/initramfs.cpio.gz"
 mv "$work/initramfs.cpio.gz" "$out"
+# Each ivvmm change makes a new one: keep only the current.
+find "$cache" -maxdepth 1 -name 'nested-initramfs-*.cpio.gz' ! -path "$out" -delete
 echo "L1 initramfs: $(du -h "$out" | cut -f1)" >&2
 echo "$out"
