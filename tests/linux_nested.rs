@@ -5,7 +5,8 @@
 //! initramfs with the ivshmem driver (L2). This is where ivvmm's main use
 //! case runs on a host whose own /dev/kvm cannot boot Linux (PVM), and the
 //! L2 output is judged by the same checks as tests/linux_tcg.rs and
-//! tests/linux_ivvmm.rs (`tests/linux/checks.rs`).
+//! tests/linux_ivvmm.rs (`tests/linux/checks.rs`). It also runs the real
+//! `scripts/demo` in L1, which there takes its Linux path.
 //!
 //! Needs qemu-system-x86_64, the L2 images and the L1 kernel
 //! (`scripts/setup` builds them); without them the test prints
@@ -128,7 +129,7 @@ fn linux_runs_every_guest_check_in_ivvmm_on_nested_svm() {
         return;
     }
     let child = Command::new(repo().join("guest/nested/run.sh"))
-        .arg("info,host,phases,sysfs,pat,rmmod,term")
+        .arg("info,host,phases,sysfs,pat,rmmod,term,demo")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -141,13 +142,13 @@ fn linux_runs_every_guest_check_in_ivvmm_on_nested_svm() {
     let names: Vec<&str> = runs.iter().map(|s| s.name).collect();
     assert_eq!(
         names,
-        ["info", "host", "phases", "sysfs", "pat", "rmmod", "term"],
+        ["info", "host", "phases", "sysfs", "pat", "rmmod", "term", "demo"],
         "{all}"
     );
     for s in &runs {
         s.assert_passed();
     }
-    let [info, host, phases, sysfs, pat, rmmod, term] = &runs[..] else {
+    let [info, host, phases, sysfs, pat, rmmod, term, demo] = &runs[..] else {
         unreachable!("checked above");
     };
 
@@ -193,4 +194,21 @@ fn linux_runs_every_guest_check_in_ivvmm_on_nested_svm() {
     let stop = term.l1("term: ivvmm exited with status ");
     assert_eq!(stop.len(), 1, "{stop:?}");
     assert!(stop[0].contains(" status 143 "), "{}", stop[0]);
+
+    // The README's main job, scripts/demo itself, on a /dev/kvm where Linux
+    // boots: it takes its Linux path (two Linux VMs, driver and `ivshm`).
+    let said = demo.l1("demo| ");
+    assert!(
+        said.iter().all(|l| !l.contains("PVM")),
+        "the demo took its PVM path\n{}",
+        said.join("\n")
+    );
+    assert!(
+        said.iter()
+            .any(|l| l.contains("round trip VM B → VM A → VM B")),
+        "{}",
+        said.join("\n")
+    );
+    let ok = demo.l1("demo| demo: OK: two VMs exchanged 200 doorbells");
+    assert_eq!(ok.len(), 1, "{}", said.join("\n"));
 }

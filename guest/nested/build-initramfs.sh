@@ -3,7 +3,9 @@
 #
 # Build the L1 initramfs for nested runs: busybox-static, a static ivvmm,
 # our L2 guest kernel and initramfs (guest/kernel/build.sh,
-# guest/initramfs/build.sh) and guest/nested/init, as a gzip cpio:
+# guest/initramfs/build.sh), guest/nested/init, and bash-static with
+# scripts/demo in a repository-shaped /demo (build steps replaced by
+# guest/nested/stand-in), as a gzip cpio:
 #   ~/.cache/ivvmm/nested-initramfs-<key>.cpio.gz   (or under $IVVMM_CACHE)
 # <key> hashes every input. The last line printed is the path.
 #
@@ -53,6 +55,8 @@ kbuild=$("$guest/kernel/build.sh" --print-build-dir)
 gen_init_cpio=$kbuild/usr/gen_init_cpio
 [ -x "$gen_init_cpio" ] || die "$gen_init_cpio is missing: rebuild the guest kernel"
 [ -x "$busybox" ] || die "$busybox is missing: install busybox-static (run scripts/setup)"
+bash=${IVVMM_BASH_STATIC:-/bin/bash-static}
+[ -x "$bash" ] || die "$bash is missing: install bash-static (run scripts/setup)"
 
 key_inputs() {
 	echo "ivvmm=$(sha256sum <"$ivvmm")"
@@ -60,6 +64,8 @@ key_inputs() {
 	echo "l2initrd=$l2initrd"
 	echo "busybox=$(sha256sum <"$busybox")"
 	echo "init=$(sha256sum <"$here/init")"
+	echo "bash=$(sha256sum <"$bash")"
+	echo "demo=$(cat "$repo/scripts/demo" "$here/stand-in" | sha256sum)"
 	echo "script=$(sha256sum <"${BASH_SOURCE[0]}")"
 }
 key=$(key_inputs | sha256sum | cut -c1-16)
@@ -88,6 +94,19 @@ file /bin/busybox $busybox 0755 0 0
 file /bin/ivvmm $ivvmm 0755 0 0
 file /l2/bzImage $l2kernel 0644 0 0
 file /l2/initramfs.cpio.gz $l2initrd 0644 0 0
+file /bin/bash $bash 0755 0 0
+dir /demo 0755 0 0
+dir /demo/scripts 0755 0 0
+dir /demo/guest 0755 0 0
+dir /demo/guest/kernel 0755 0 0
+dir /demo/guest/initramfs 0755 0 0
+dir /demo/target 0755 0 0
+dir /demo/target/release 0755 0 0
+file /demo/scripts/demo $repo/scripts/demo 0755 0 0
+file /demo/scripts/setup $here/stand-in 0755 0 0
+file /demo/guest/kernel/build.sh $here/stand-in 0755 0 0
+file /demo/guest/initramfs/build.sh $here/stand-in 0755 0 0
+slink /demo/target/release/ivvmm /bin/ivvmm 0777 0 0
 EOF
 "$gen_init_cpio" -t 0 "$work/list" | gzip -6n >"$work/initramfs.cpio.gz"
 mv "$work/initramfs.cpio.gz" "$out"
