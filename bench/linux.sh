@@ -113,7 +113,7 @@ lx_summary() {
 # L1's scheduler tick there.
 lx_nested() {
     local rounds=$1
-    if ! "$ROOT/guest/nested/build-l1.sh" --print-path >/dev/null 2>&1; then
+    if ! "$ROOT/guest/kernel/build.sh" --nested --print-path >/dev/null 2>&1; then
         echo "ivvmm on nested SVM: SKIPPED (no L1 kernel: run scripts/setup)" | tee -a "$RESULTS/summary.txt"
         return 0
     fi

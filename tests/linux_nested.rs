@@ -39,19 +39,22 @@ fn missing_prerequisite() -> Option<String> {
     if !qemu.is_ok_and(|o| o.status.success()) {
         return Some("qemu-system-x86_64 is missing: install qemu-system-x86".into());
     }
-    for script in [
-        "guest/kernel/build.sh",
-        "guest/initramfs/build.sh",
-        "guest/nested/build-l1.sh",
+    for (script, flags) in [
+        ("guest/kernel/build.sh", &["--print-path"][..]),
+        ("guest/initramfs/build.sh", &["--print-path"]),
+        ("guest/kernel/build.sh", &["--nested", "--print-path"]),
     ] {
         let ok = Command::new(repo().join(script))
-            .arg("--print-path")
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            return Some(format!("nothing built by {script}: run scripts/setup"));
+            return Some(format!(
+                "nothing built by {script} {}: run scripts/setup",
+                flags.join(" ")
+            ));
         }
     }
     None

@@ -2,26 +2,37 @@
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 #
 # Build the ivvmm guest kernel (Linux 6.1 from Debian's linux-source-6.1)
-# from `make allnoconfig` + guest/kernel/ivvmm.config.
+# from `make allnoconfig` + guest/kernel/ivvmm.config; with --nested, the
+# L1 kernel of guest/nested/ instead: the same fragment plus
+# guest/nested/l1.config (KVM_AMD built in, unix sockets), later lines
+# winning.
 #
-# Everything lands in ~/.cache/ivvmm/kernel-<key>/ (or $IVVMM_CACHE), where
-# <key> hashes the inputs: the source package version and tarball, the
-# config fragment, this script and the compiler. The unpacked tree (src/) and
-# the build tree (build/, the O= directory) are kept so that out-of-tree
-# modules (guest/driver) can be built against it later.
+# Everything lands in ~/.cache/ivvmm/kernel-<key>/ (nested: nested-<key>/;
+# or under $IVVMM_CACHE), where <key> hashes the inputs: the source package
+# version and tarball, the config fragments, this script and the compiler.
+# The unpacked tree (src/) and the build tree (build/, the O= directory) are
+# kept so that out-of-tree modules (guest/driver) can be built against it
+# later. The nested kernel builds from the guest kernel's src/ when that is
+# there (read-only, O= build), else it unpacks its own.
 #
 # Usage:
-#   build.sh                   build if needed; the last line is the bzImage path
-#   build.sh --print-path      print the bzImage path if built (exit 1 if not)
-#   build.sh --print-build-dir print the build (O=) directory if built (exit 1 if not)
-#   build.sh --print-key       print the cache key
+#   build.sh [--nested]                   build if needed; the last line is the bzImage path
+#   build.sh [--nested] --print-path      print the bzImage path if built (exit 1 if not)
+#   build.sh [--nested] --print-build-dir print the build (O=) directory if built (exit 1 if not)
+#   build.sh [--nested] --print-key       print the cache key
 #
 # It installs nothing: scripts/setup provides linux-source-6.1, gcc, make,
 # bc, bison, flex, libelf-dev, libssl-dev, cpio, kmod, xz-utils.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-fragment=$here/ivvmm.config
+fragments=("$here/ivvmm.config")
+name=kernel
+if [ "${1:-}" = --nested ]; then
+	fragments+=("$(dirname "$here")/nested/l1.config")
+	name=nested
+	shift
+fi
 tarball=${IVVMM_KERNEL_TAR:-/usr/src/linux-source-6.1.tar.xz}
 cache=${IVVMM_CACHE:-$HOME/.cache/ivvmm}
 jobs=${IVVMM_JOBS:-$(nproc)}
@@ -36,12 +47,12 @@ die() {
 key_inputs() {
 	echo "pkg=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || echo none)"
 	echo "tar=$tarball $(stat -c '%s %Y' "$tarball")"
-	echo "fragment=$(sha256sum <"$fragment")"
+	echo "fragments=$(cat "${fragments[@]}" | sha256sum)"
 	echo "script=$(sha256sum <"${BASH_SOURCE[0]}")"
 	echo "cc=$(gcc -dumpfullversion 2>/dev/null || echo none)"
 }
 key=$(key_inputs | sha256sum | cut -c1-16)
-dir=$cache/kernel-$key
+dir=$cache/$name-$key
 build=$dir/build
 bzimage=$build/arch/x86/boot/bzImage
 
@@ -51,7 +62,7 @@ case "${1:-}" in
 	exit 0
 	;;
 --print-path | --print-build-dir)
-	[ -f "$dir/done" ] || die "no kernel built for the current inputs (key $key): run scripts/setup or guest/kernel/build.sh"
+	[ -f "$dir/done" ] || die "no $name kernel built for the current inputs (key $key): run scripts/setup"
 	if [ "$1" = --print-path ]; then echo "$bzimage"; else echo "$build"; fi
 	exit 0
 	;;
@@ -61,7 +72,7 @@ esac
 
 mkdir -p "$cache"
 # One builder per key; a second concurrent run waits and then finds it done.
-exec 9>"$cache/kernel-$key.lock"
+exec 9>"$cache/$name-$key.lock"
 flock 9
 
 if [ -f "$dir/done" ]; then
@@ -72,40 +83,47 @@ fi
 
 start=$(date +%s)
 rm -rf "$dir"
-mkdir -p "$dir/src" "$build"
+mkdir -p "$build"
 
-echo "unpacking $tarball ..." >&2
-tar -xJf "$tarball" -C "$dir/src" --strip-components=1
+src=$dir/src
+if [ "$name" = nested ] && gbuild=$("$here/build.sh" --print-build-dir 2>/dev/null) &&
+	[ -f "$(dirname "$gbuild")/src/Makefile" ]; then
+	src=$(dirname "$gbuild")/src
+else
+	mkdir -p "$src"
+	echo "unpacking $tarball ..." >&2
+	tar -xJf "$tarball" -C "$src" --strip-components=1
+fi
 
-# allnoconfig as the base, the fragment on top (-n), then olddefconfig to
+# allnoconfig as the base, the fragments on top (-n), then olddefconfig to
 # settle dependencies. ARCH=x86_64 matters: with ARCH=x86 allnoconfig would
 # pick a 32-bit kernel.
 export ARCH=x86_64
-(cd "$dir/src" && scripts/kconfig/merge_config.sh -n -O "$build" "$fragment" >"$dir/merge_config.log")
-make -s -C "$dir/src" O="$build" olddefconfig
+merged=$dir/fragment.config
+cat "${fragments[@]}" >"$merged"
+(cd "$src" && scripts/kconfig/merge_config.sh -n -O "$build" "$merged" >"$dir/merge_config.log")
+make -s -C "$src" O="$build" olddefconfig
 
-# merge_config.sh only warns when a request was dropped; we refuse.
+# merge_config.sh only warns when a request was dropped; we refuse. Each
+# symbol is checked against its last request.
 missing=0
-while IFS= read -r line; do
-	case "$line" in
-	CONFIG_*=*) want=$line ;;
-	"# CONFIG_"*" is not set") want=$line ;;
-	*) continue ;;
-	esac
+while IFS= read -r want; do
 	sym=${want#\# }
 	sym=${sym%%[= ]*}
-	got=$(grep -E "^(# )?$sym[= ]" "$build/.config" || true)
+	got=$(grep -E "^(# )?${sym}[= ]" "$build/.config" || true)
 	if [ "$want" != "$got" ] && ! { [ -z "$got" ] && [ "${want#\# }" != "$want" ]; }; then
 		echo "config: asked for '$want', got '${got:-<absent>}'" >&2
 		missing=1
 	fi
-done <"$fragment"
-[ "$missing" = 0 ] || die "the final .config lost requested options (see above); fix guest/kernel/ivvmm.config"
+done < <(grep -E '^(CONFIG_[A-Za-z0-9_]+=|# CONFIG_[A-Za-z0-9_]+ is not set)' "$merged" |
+	awk '{ s = $0; sub(/^# /, "", s); sub(/[= ].*/, "", s); last[s] = $0; order[++n] = s }
+	     END { for (i = 1; i <= n; i++) if (!(order[i] in seen)) { seen[order[i]] = 1; print last[order[i]] } }')
+[ "$missing" = 0 ] || die "the final .config lost requested options (see above); fix ${fragments[*]}"
 
 # `all` = vmlinux, bzImage and modules (none in-tree, but it writes
 # Module.symvers, which out-of-tree module builds need to resolve symbols).
-echo "building bzImage with $jobs jobs ..." >&2
-make -s -C "$dir/src" O="$build" -j"$jobs" all >"$dir/make.log" 2>&1 ||
+echo "building the $name bzImage with $jobs jobs ..." >&2
+make -s -C "$src" O="$build" -j"$jobs" all >"$dir/make.log" 2>&1 ||
 	{ tail -40 "$dir/make.log" >&2; die "kernel build failed (full log: $dir/make.log)"; }
 
 end=$(date +%s)
@@ -114,6 +132,6 @@ end=$(date +%s)
 	echo "seconds=$((end - start))"
 	key_inputs
 } >"$dir/done"
-echo "kernel built in $((end - start)) s; build dir: $build" >&2
+echo "$name built in $((end - start)) s; build dir: $build" >&2
 echo "kernel build dir: $build"
 echo "$bzimage"

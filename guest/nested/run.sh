@@ -50,7 +50,7 @@ case "$runs" in *[!a-z,]*) die "scenarios are a comma-separated list of names" ;
 
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is missing: install qemu-system-x86 (scripts/setup)"
 
-l1=$("$here/build-l1.sh" | tail -n1)
+l1=$("$(dirname "$here")/kernel/build.sh" --nested | tail -n1)
 l1initrd=$("$here/build-initramfs.sh" | tail -n1)
 
 # Under TCG the guest's TSC runs at the host's rate; telling L1 the
