@@ -69,27 +69,27 @@ bench_bandwidth() {
         printf '%-34s' ""
         for spec in "${BW_SIZES[@]}"; do printf '%11s%11s' to from; done
         echo
-        local row label key_to key_from file who
+        local row label method file who
         declare -A med
         for row in "host:movsb:host rep movsb (examples/shm_bw)" "host:memcpy:host memcpy" \
             "ivvmm::ivvmm guest rep movsb (CPL3)" "qemu::QEMU guest rep movsb (CPL3)"; do
             who=${row%%:*}
             label=${row#*:}
-            key_to=${label%%:*}
+            method=${label%%:*}
             label=${label#*:}
             printf '%-34s' "$label"
             for spec in "${BW_SIZES[@]}"; do
                 size=${spec%:*}
                 for dir in to from; do
                     if [ "$who" = host ]; then
-                        key="method=$key_to dir=${dir}_shm"
+                        key="method=$method dir=${dir}_shm"
                     else
                         key="dir=${dir}_bar2"
                     fi
-                    med[$who$key_to-$size-$dir]=$(for file in "$RESULTS/$who-$size-"*.out; do
+                    med[$who$method-$size-$dir]=$(for file in "$RESULTS/$who-$size-"*.out; do
                         bw_rate "$file" "$key"
                     done | median)
-                    printf '%11s' "${med[$who$key_to-$size-$dir]}"
+                    printf '%11s' "${med[$who$method-$size-$dir]}"
                 done
             done
             echo

@@ -43,6 +43,7 @@ lx_vm() {
     shift 4
     local dev=()
     if [ "$env" = qemu ]; then
+        # shellcheck disable=SC2054 # QEMU's option values have commas
         case "$kind" in
         doorbell) dev=(-chardev "socket,id=ivs,path=$1" -device ivshmem-doorbell,chardev=ivs,vectors=1) ;;
         plain) dev=(-object "memory-backend-file,id=m,share=on,mem-path=$1,size=$2" -device ivshmem-plain,memdev=m) ;;
