@@ -3,12 +3,13 @@
 //!
 //! `layout` is the one place guest physical addresses are named; `boot` loads
 //! the kernel and initrd and writes what the kernel reads at entry
-//! (`bootparams`); `regs` and `cpuid` put vCPUs in their boot state;
+//! (`bootparams`); `regs`, `gdt` and `cpuid` put vCPUs in their boot state;
 //! `mptable` describes the CPUs and interrupt wiring to the guest.
 
 pub mod boot;
 pub mod bootparams;
 pub mod cpuid;
+pub mod gdt;
 pub mod layout;
 pub mod mptable;
 pub mod regs;
