@@ -31,13 +31,7 @@ startup_64:
 	cmpq	$startup_64, %rax
 	jne	wrong_load_address
 	lgdt	gdt_ptr(%rip)
-	movl	$KERNEL_DS, %eax
-	movl	%eax, %ds
-	movl	%eax, %es
-	movl	%eax, %ss
-	xorl	%eax, %eax
-	movl	%eax, %fs
-	movl	%eax, %gs
+	LOAD_KERNEL_DATA_SEGMENTS
 	leaq	boot_stack_top(%rip), %rsp
 	pushq	$KERNEL_CS
 	leaq	1f(%rip), %rax
@@ -81,29 +75,12 @@ common32:
 	movl	%eax, %ds
 	movl	%eax, %es
 	movl	%eax, %ss
-	movl	%cr4, %eax
-	orl	$CR4_PAE, %eax
-	movl	%eax, %cr4
-	movl	$pml4, %eax
-	movl	%eax, %cr3
-	movl	$MSR_EFER, %ecx
-	rdmsr
-	orl	$EFER_LME, %eax
-	wrmsr
-	movl	%cr0, %eax
-	orl	$(CR0_PG | CR0_PE), %eax
-	movl	%eax, %cr0
+	ENABLE_LONG_MODE
 	ljmp	$KERNEL_CS, $long_from32
 
 	.code64
 long_from32:
-	movl	$KERNEL_DS, %eax
-	movl	%eax, %ds
-	movl	%eax, %es
-	movl	%eax, %ss
-	xorl	%eax, %eax
-	movl	%eax, %fs
-	movl	%eax, %gs
+	LOAD_KERNEL_DATA_SEGMENTS
 	movl	%esi, %r12d
 	movl	%edi, %r13d
 common64:

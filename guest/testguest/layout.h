@@ -44,4 +44,38 @@
 #define AP_STACK_SIZE	4096
 #define MAX_CPUS	32
 
+#ifdef __ASSEMBLER__
+/*
+ * Paging off, in 32-bit protected or real mode, interrupts off: turn on PAE,
+ * load our page tables, set EFER.LME and enable paging. The caller's far
+ * jump to a 64-bit code segment then enters long mode. Clobbers eax, ecx,
+ * edx.
+ */
+.macro ENABLE_LONG_MODE
+	movl	%cr4, %eax
+	orl	$CR4_PAE, %eax
+	movl	%eax, %cr4
+	movl	$pml4, %eax
+	movl	%eax, %cr3
+	movl	$MSR_EFER, %ecx
+	rdmsr
+	orl	$EFER_LME, %eax
+	wrmsr
+	movl	%cr0, %eax
+	orl	$(CR0_PG | CR0_PE), %eax
+	movl	%eax, %cr0
+.endm
+
+/* In long mode: kernel data segments in ds/es/ss, null fs/gs. Clobbers eax. */
+.macro LOAD_KERNEL_DATA_SEGMENTS
+	movl	$KERNEL_DS, %eax
+	movl	%eax, %ds
+	movl	%eax, %es
+	movl	%eax, %ss
+	xorl	%eax, %eax
+	movl	%eax, %fs
+	movl	%eax, %gs
+.endm
+#endif
+
 #endif

@@ -18,18 +18,7 @@ ap_tramp_start:
 	movw	%cs, %ax
 	movw	%ax, %ds
 	lgdtl	ap_gdtr - ap_tramp_start
-	movl	%cr4, %eax
-	orl	$CR4_PAE, %eax
-	movl	%eax, %cr4
-	movl	$pml4, %eax
-	movl	%eax, %cr3
-	movl	$MSR_EFER, %ecx
-	rdmsr
-	orl	$EFER_LME, %eax
-	wrmsr
-	movl	%cr0, %eax
-	orl	$(CR0_PG | CR0_PE), %eax
-	movl	%eax, %cr0
+	ENABLE_LONG_MODE
 	ljmpl	$KERNEL_CS, $ap_long64
 	.balign 8
 ap_gdtr:
@@ -41,13 +30,7 @@ ap_tramp_end:
 	.text
 	.code64
 ap_long64:
-	movl	$KERNEL_DS, %eax
-	movl	%eax, %ds
-	movl	%eax, %es
-	movl	%eax, %ss
-	xorl	%eax, %eax
-	movl	%eax, %fs
-	movl	%eax, %gs
+	LOAD_KERNEL_DATA_SEGMENTS
 	/* The n-th AP to arrive (n from 1) takes the stack ending at n * 4 KiB. */
 	movl	$1, %eax
 	lock xaddl %eax, ap_arrivals(%rip)
