@@ -4,14 +4,19 @@
 //! The binary (`src/main.rs`) is a thin shell around this library so that
 //! tests and benchmarks drive exactly the code users run.
 
+// From the top (the command line) down; a module imports only from
+// modules below it. At the bottom, used by all: config, shm, stop, logger.
 pub mod arch;
 pub mod bus;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod devices;
 pub mod irq;
 pub mod logger;
 pub mod protocol;
 pub mod server;
+pub mod shm;
+pub mod stop;
 pub mod vcpu;
 pub mod vmm;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use ivvmm::cli::{self, Cli, Command};
-use ivvmm::vmm::stop::StopReason;
+use ivvmm::stop::StopReason;
 use ivvmm::vmm::{terminal, Vmm};
 
 fn main() -> ExitCode {

@@ -19,7 +19,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable};
 
 use crate::bus::Bus;
-use crate::vmm::stop::{StopReason, VmStop};
+use crate::stop::{StopReason, VmStop};
 
 /// Exits that reached VMM userspace, by kind. Everything the doorbell path
 /// must *not* cause shows up here (see `--stats`).

@@ -12,9 +12,9 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use thiserror::Error;
 
-use crate::cli::size::parse_size;
 use crate::client::pingpong::WaitMode;
 use crate::client::{Client, ClientError};
+use crate::config::size::parse_size;
 
 /// `ivvmm client`: a host process that joins an ivshmem server as a peer.
 #[derive(Debug, clap::Args)]

@@ -3,7 +3,6 @@
 
 pub mod client;
 pub mod server;
-pub mod size;
 pub mod vm;
 
 use clap::{ArgAction, Parser, Subcommand};

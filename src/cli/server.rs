@@ -10,9 +10,10 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use thiserror::Error;
 
-use crate::cli::size::parse_pow2_size;
-use crate::devices::ivshmem::memory::ShmSource;
-use crate::server::{Pidfile, Server, ServerConfig, ServerError, MAX_VECTORS};
+use crate::config::size::parse_pow2_size;
+use crate::protocol::MAX_SERVER_VECTORS;
+use crate::server::{Pidfile, Server, ServerConfig, ServerError};
+use crate::shm::ShmSource;
 
 /// What differs from QEMU's contrib/ivshmem-server (also in docs/server.md).
 const DIFFERENCES: &str = "\
@@ -44,7 +45,7 @@ pub struct ServerArgs {
     pub size: u64,
     /// Interrupt vectors per peer (0 to 64)
     #[arg(short = 'n', long = "vectors", default_value_t = 1,
-          value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_VECTORS)))]
+          value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_SERVER_VECTORS)))]
     pub vectors: u16,
     /// POSIX shared memory object to use (/dev/shm/NAME); default: a memfd
     #[arg(short = 'M', long = "shm", conflicts_with = "shm_dir")]

@@ -6,21 +6,15 @@ use std::path::PathBuf;
 use clap::Args;
 use thiserror::Error;
 
-use crate::cli::size::{format_size, parse_pow2_size, parse_size, SizeError};
+use crate::config::size::{parse_pow2_size, parse_size, SizeError};
+use crate::config::{IvshmemBacking, SerialChoice, VmConfig, DEFAULT_SHM_SIZE, MIN_SHM_SIZE};
+use crate::devices::ivshmem::MAX_VECTORS;
 
 /// What every guest gets on its command line unless `--no-default-cmdline`:
 /// the console on COM1, `reboot=k` so a guest reboot resets through the
 /// i8042 (which ends the VM), `panic=1` so a panic becomes a reboot, and no
 /// ACPI (ivvmm describes the machine with an MP table).
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 acpi=off pci=conf1";
-
-/// Smallest ivshmem region (one page), as QEMU.
-pub const MIN_SHM_SIZE: u64 = 4096;
-/// Default ivshmem size, as QEMU's ivshmem-server.
-pub const DEFAULT_SHM_SIZE: &str = "4M";
-/// Vectors per device: the MSI-X table (16 bytes an entry) fits below the
-/// PBA at 0x800 of a 4 KiB BAR1, as QEMU lays it out.
-pub const MAX_VECTORS: u32 = 128;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct VmArgs {
@@ -86,44 +80,6 @@ pub struct VmArgs {
     pub stats: bool,
 }
 
-/// Where the guest's serial output goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SerialChoice {
-    Stdio,
-    None,
-    File(PathBuf),
-}
-
-/// The host side of one ivshmem device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IvshmemBacking {
-    /// POSIX shared memory object.
-    Shm { name: String, size: u64 },
-    /// A file on tmpfs or hugetlbfs.
-    Path { path: PathBuf, size: u64 },
-    /// Shared memory and doorbells from an ivshmem server. With `size`, BAR2
-    /// is that size and the server's memory must be at least as large;
-    /// without, BAR2 is the server's size rounded up to a power of two.
-    Server {
-        socket: PathBuf,
-        vectors: u32,
-        size: Option<u64>,
-    },
-}
-
-/// Everything needed to build a VM; produced from flags, or by tests directly.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmConfig {
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub cmdline: String,
-    pub mem_size: u64,
-    pub cpus: u32,
-    pub serial: SerialChoice,
-    pub ivshmem: Vec<IvshmemBacking>,
-    pub stats: bool,
-}
-
 /// A flag that can't be turned into a configuration (exit status 2).
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -168,17 +124,20 @@ impl VmArgs {
             path => SerialChoice::File(PathBuf::from(path)),
         };
         let mut ivshmem = Vec::new();
-        let size_text = self.size.as_deref().unwrap_or(DEFAULT_SHM_SIZE);
+        let shorthand_size = || match &self.size {
+            Some(text) => shm_size(text),
+            None => Ok(DEFAULT_SHM_SIZE),
+        };
         if let Some(name) = &self.shm {
             ivshmem.push(IvshmemBacking::Shm {
                 name: name.clone(),
-                size: shm_size(size_text)?,
+                size: shorthand_size()?,
             });
         }
         if let Some(path) = &self.shm_path {
             ivshmem.push(IvshmemBacking::Path {
                 path: path.clone(),
-                size: shm_size(size_text)?,
+                size: shorthand_size()?,
             });
         }
         if let Some(socket) = &self.server {
@@ -222,11 +181,11 @@ fn shm_size(text: &str) -> Result<u64, ConfigError> {
     parse_pow2_size(text, MIN_SHM_SIZE).map_err(ConfigError::ShmSize)
 }
 
-fn check_vectors(n: u32) -> Result<u32, ConfigError> {
-    if n == 0 || n > MAX_VECTORS {
-        return Err(ConfigError::Vectors(n));
+fn check_vectors(n: u32) -> Result<u16, ConfigError> {
+    match u16::try_from(n) {
+        Ok(v) if (1..=MAX_VECTORS).contains(&v) => Ok(v),
+        _ => Err(ConfigError::Vectors(n)),
     }
-    Ok(n)
 }
 
 /// `shm=NAME[,size=S]`, `path=FILE[,size=S]` or `server=SOCK[,vectors=N]`.
@@ -237,7 +196,7 @@ pub fn parse_ivshmem_spec(spec: &str) -> Result<IvshmemBacking, ConfigError> {
     };
     let mut kind: Option<(&str, &str)> = None;
     let mut size: Option<u64> = None;
-    let mut vectors: Option<u32> = None;
+    let mut vectors: Option<u16> = None;
     for part in spec.split(',') {
         let (key, value) = part
             .split_once('=')
@@ -269,15 +228,14 @@ pub fn parse_ivshmem_spec(spec: &str) -> Result<IvshmemBacking, ConfigError> {
             }
         }
     }
-    let default_size = || parse_size(DEFAULT_SHM_SIZE).unwrap_or(4 << 20);
     match kind {
         Some(("shm", name)) if vectors.is_none() => Ok(IvshmemBacking::Shm {
             name: name.to_string(),
-            size: size.unwrap_or_else(default_size),
+            size: size.unwrap_or(DEFAULT_SHM_SIZE),
         }),
         Some(("path", path)) if vectors.is_none() => Ok(IvshmemBacking::Path {
             path: PathBuf::from(path),
-            size: size.unwrap_or_else(default_size),
+            size: size.unwrap_or(DEFAULT_SHM_SIZE),
         }),
         Some(("server", socket)) => Ok(IvshmemBacking::Server {
             socket: PathBuf::from(socket),
@@ -287,11 +245,6 @@ pub fn parse_ivshmem_spec(spec: &str) -> Result<IvshmemBacking, ConfigError> {
         Some(_) => Err(bad("vectors= applies to server= only".into())),
         None => Err(bad("give one of shm=NAME, path=FILE, server=SOCK".into())),
     }
-}
-
-/// For messages: a size the way a user would type it.
-pub fn human_size(bytes: u64) -> String {
-    format_size(bytes)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::bus::BusDevice;
-use crate::vmm::stop::{StopReason, VmStop};
+use crate::stop::{StopReason, VmStop};
 
 /// The controller's data and command/status ports.
 pub const I8042_DATA_PORT: u64 = 0x60;

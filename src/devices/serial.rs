@@ -18,7 +18,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
-use crate::vmm::stop::{StopReason, VmStop};
+use crate::stop::{StopReason, VmStop};
 
 /// COM1's port and its ISA interrupt.
 pub const COM1_PORT: u64 = 0x3f8;

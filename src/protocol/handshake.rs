@@ -22,7 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::codec::{is_eventfd, Message, MessageReader, Received, PROTOCOL_VERSION, SHM_MESSAGE};
 use super::peer::PeerConnection;
 use super::MAX_PEER_ID;
-use crate::devices::ivshmem::memory::{MemoryError, ShmBackend};
+use crate::shm::{ShmBackend, ShmError};
 
 /// How long the server may stay silent before we accept fewer own vectors
 /// than we asked for (its `-n` is smaller than ours).
@@ -54,7 +54,7 @@ pub enum HandshakeError {
     #[error("the server at {path} sent a malformed message ({what}): it is not a compatible ivshmem server")]
     Malformed { path: PathBuf, what: String },
     #[error("the shared memory from the server at {path} is unusable: {source}")]
-    Shm { path: PathBuf, source: MemoryError },
+    Shm { path: PathBuf, source: ShmError },
     #[error("reading from the ivshmem server at {path} failed: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -329,3 +329,7 @@ impl Greeting {
         Ok((conn, handshake))
     }
 }
+
+#[cfg(test)]
+#[path = "handshake_tests.rs"]
+mod tests;

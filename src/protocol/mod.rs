@@ -17,11 +17,12 @@ pub(crate) mod ratelimit;
 pub use handshake::{connect, connect_with, ConnectOptions, Handshake, HandshakeError};
 pub use peer::{PeerConnection, PeerEvent};
 
+/// QEMU's ivshmem-server offers at most 64 vectors per peer; so do our
+/// server and, by default, our client.
+pub const MAX_SERVER_VECTORS: u16 = 64;
+
 /// The highest peer id: the doorbell register has 16 bits for it.
 pub const MAX_PEER_ID: i64 = u16::MAX as i64;
-
-#[cfg(test)]
-mod tests;
 
 /// `now + after`, saturating: a user may pass an absurdly long timeout, which
 /// must mean "practically forever", not an overflow panic.

@@ -21,15 +21,13 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use crate::cli::size::format_size;
-use crate::devices::ivshmem::memory::{MemoryError, ShmBackend, ShmSource};
+use crate::config::size::format_size;
 use crate::protocol::codec::{PROTOCOL_VERSION, SHM_MESSAGE};
 use crate::protocol::ratelimit::RateLimit;
+use crate::protocol::MAX_SERVER_VECTORS;
+use crate::shm::{ShmBackend, ShmError, ShmSource};
 use files::SocketFile;
 use peers::{Flush, IdAllocator, Payload, Peer};
-
-/// QEMU's server allows at most 64 vectors per peer; so do we.
-pub const MAX_VECTORS: u16 = 64;
 
 const LISTENER: u64 = 0;
 const STOP: u64 = 1;
@@ -40,10 +38,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Why the server could not start or stopped. One line: problem and fix.
 #[derive(Debug, Error)]
 pub enum ServerError {
-    #[error("{0} vectors requested, the maximum is {MAX_VECTORS}: use -n {MAX_VECTORS} or fewer")]
+    #[error("{0} vectors requested, the maximum is {MAX_SERVER_VECTORS}: use -n {MAX_SERVER_VECTORS} or fewer")]
     TooManyVectors(u16),
     #[error(transparent)]
-    Memory(#[from] MemoryError),
+    Memory(#[from] ShmError),
     #[error("shared memory object {what} is {actual} but -l is {wanted}: peers map the whole object, so use -l {actual} or a new name; the object was left unchanged")]
     ShmSizeMismatch {
         what: String,
@@ -94,7 +92,7 @@ impl Server {
     /// Opens the shared memory and binds the socket. If binding fails, a shm
     /// object we just created is removed again.
     pub fn new(config: &ServerConfig) -> Result<Self, ServerError> {
-        if config.vectors > MAX_VECTORS {
+        if config.vectors > MAX_SERVER_VECTORS {
             return Err(ServerError::TooManyVectors(config.vectors));
         }
         let mut shm = ShmBackend::open(&config.shm, config.size)?;

@@ -188,7 +188,7 @@ mod tests {
     fn queue_is_bounded_and_flushes_in_order() {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
-        let shm = crate::devices::ivshmem::memory::ShmBackend::memfd(4096, true).unwrap();
+        let shm = crate::shm::ShmBackend::memfd(4096, true).unwrap();
         let e = Rc::new(EventFd::new(0).unwrap());
         let mut p = Peer::new(1, 99, a, vec![]);
         p.allow_greeting(2);

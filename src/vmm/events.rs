@@ -13,7 +13,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::devices::serial::UartEvents;
 
-use super::stop::{StopReason, VmStop};
+use crate::stop::{StopReason, VmStop};
 
 /// How often each event-loop subscriber woke the loop.
 #[derive(Default)]

@@ -5,7 +5,6 @@
 //! check that can fail happens while building, before any vCPU runs, and a
 //! failed build releases what it made (shared memory it created included).
 
-pub mod stop;
 pub mod terminal;
 
 mod events;
@@ -25,8 +24,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::{boot, cpuid, layout, mptable, regs};
 use crate::bus::{Bus, BusError};
-use crate::cli::size::format_size;
-use crate::cli::vm::{SerialChoice, VmConfig};
+use crate::config::size::format_size;
+use crate::config::{SerialChoice, VmConfig};
 use crate::devices::i8042::{ExitPort, EXIT_PORT, I8042};
 use crate::devices::ivshmem::doorbell::IoeventfdBudget;
 use crate::devices::ivshmem::{self, Ivshmem, IvshmemEnv, IvshmemError};
@@ -35,9 +34,9 @@ use crate::devices::serial::{
     SerialDevice, SerialInput, SerialSink, UartEvents, COM1_IRQ, COM1_PORT, COM1_PORT_LEN,
 };
 use crate::irq::IrqRouting;
+use crate::stop::{StopReason, VmStop};
 use crate::vcpu::{self, ExitCounters, UnhandledLog, VcpuContext};
 use events::{Counted, LoopCounters, PvmHint, SignalHandler, StopWatcher};
-use stop::{StopReason, VmStop};
 
 /// Where KVM puts the (Intel-only) TSS: three pages just below the BIOS area.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;

@@ -9,18 +9,21 @@ use std::sync::{Arc, Mutex, Weak};
 use kvm_bindings::kvm_userspace_memory_region;
 
 use super::doorbell::Doorbell;
-use super::memory::ShmMapping;
 use super::regs::{doorbell_target, Registers, BAR0_SIZE, DOORBELL};
 use super::IvshmemEnv;
 use crate::bus::{BusDevice, SharedDevice};
 use crate::devices::pci::config::{ConfigChange, PciConfig};
-use crate::devices::pci::msix::{MsixEvent, MsixState, MSIX_MSG_CTRL};
+use crate::devices::pci::msix::{MsixEvent, MsixState, MSIX_MSG_CTRL, TABLE_ENTRY_SIZE};
 use crate::devices::pci::root::PciFunction;
+use crate::shm::ShmMapping;
 
 /// BAR1's layout (QEMU's exclusive MSI-X BAR): table at 0, PBA at 0x800.
 pub const BAR1_SIZE: u64 = 4096;
 pub const MSIX_TABLE_OFFSET: u64 = 0;
 pub const MSIX_PBA_OFFSET: u64 = 0x800;
+/// Vectors per device: the MSI-X table (16 bytes an entry) fits below the
+/// PBA at 0x800 of the 4 KiB BAR1, as QEMU lays it out.
+pub const MAX_VECTORS: u16 = (MSIX_PBA_OFFSET / TABLE_ENTRY_SIZE) as u16;
 
 /// Routes MMIO on one BAR (0 or 1) to the device. Holds a weak reference
 /// so the device, which owns its handlers, is not kept alive by them.

@@ -11,12 +11,12 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::devices::ivshmem::doorbell::{Doorbell, IoeventfdBudget};
-use crate::devices::ivshmem::memory::ShmBackend;
 use crate::devices::ivshmem::{IvshmemEnv, IVSHMEM_IDS};
 use crate::devices::pci::config::{BarKind, PciConfig, COMMAND_MEMORY};
 use crate::devices::pci::msix::{msix_capability, MsixState, MSIX_CAP_ID};
 use crate::devices::pci::root::PciFunction;
 use crate::irq::IrqRouting;
+use crate::shm::ShmBackend;
 
 /// A tiny deterministic generator (xorshift64*), so failures reproduce.
 struct Rng(u64);

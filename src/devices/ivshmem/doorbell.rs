@@ -286,10 +286,7 @@ impl Doorbell {
     /// Returns true if the set of watched vectors changed.
     pub fn sync_vector(&mut self, v: u16, msix: &MsixState) -> bool {
         let deliverable = msix.deliverable(v);
-        let message = msix.message(v).map(|m| MsiMessage {
-            address: m.address,
-            data: m.data,
-        });
+        let message = msix.message(v);
         let Some(inc) = self.incoming.get_mut(usize::from(v)) else {
             return false;
         };

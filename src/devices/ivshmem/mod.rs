@@ -13,7 +13,6 @@
 pub mod device;
 pub mod doorbell;
 pub mod events;
-pub mod memory;
 pub mod regs;
 
 use std::sync::{Arc, Mutex};
@@ -25,16 +24,17 @@ use thiserror::Error;
 
 use crate::arch::x86_64::layout::{self, Mmio32Allocator, Mmio64Allocator};
 use crate::bus::Bus;
-use crate::cli::size::format_size;
-use crate::cli::vm::IvshmemBacking;
+use crate::config::size::format_size;
+use crate::config::IvshmemBacking;
 use crate::devices::pci::config::{BarKind, ConfigError, PciConfig, PciIds, COMMAND_MEMORY};
 use crate::devices::pci::msix::{msix_capability, MsixError, MsixState, MSIX_CAP_ID};
 use crate::irq::{IrqError, IrqRouting};
 use crate::protocol::{self, HandshakeError};
+use crate::shm::{ShmBackend, ShmError, ShmSource};
+pub use device::MAX_VECTORS;
 use device::{DeviceParts, IvshmemDevice, BAR1_SIZE, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET};
 use doorbell::{Doorbell, IoeventfdBudget};
 use events::DoorbellEvents;
-use memory::{MemoryError, ShmBackend, ShmSource};
 use regs::BAR0_SIZE;
 
 /// The ids QEMU gives ivshmem: Red Hat's vendor id, class "RAM memory",
@@ -55,7 +55,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Error)]
 pub enum IvshmemError {
     #[error("ivshmem{index}: {source}")]
-    Memory { index: usize, source: MemoryError },
+    Memory { index: usize, source: ShmError },
     #[error("ivshmem{index}: {source}")]
     Handshake {
         index: usize,
@@ -92,7 +92,7 @@ impl IvshmemError {
     pub fn exit_code(&self) -> i32 {
         match self {
             IvshmemError::Memory {
-                source: MemoryError::InvalidName { .. } | MemoryError::BadSize(_),
+                source: ShmError::InvalidName { .. } | ShmError::BadSize(_),
                 ..
             } => 2,
             _ => 1,

@@ -16,6 +16,8 @@
 
 use thiserror::Error;
 
+use crate::irq::MsiMessage;
+
 use super::malformed_access;
 
 /// Capability ID of MSI-X.
@@ -26,8 +28,9 @@ pub const MSIX_MSG_CTRL: u16 = 2;
 pub const MSG_CTRL_ENABLE: u16 = 1 << 15;
 /// Message Control: function mask.
 pub const MSG_CTRL_FUNCTION_MASK: u16 = 1 << 14;
-/// The table size field is 11 bits holding N-1.
-pub const MAX_VECTORS: u16 = 2048;
+/// The most entries an MSI-X table can have: the table size field is 11
+/// bits holding N-1.
+pub const MSIX_MAX_TABLE_SIZE: u16 = 2048;
 /// Bytes per table entry: address low, address high, data, vector control.
 pub const TABLE_ENTRY_SIZE: u64 = 16;
 /// Vector control: the entry is masked.
@@ -54,7 +57,7 @@ pub fn msix_capability(
     pba_bir: u8,
     pba_off: u32,
 ) -> Result<(Vec<u8>, Vec<u8>), MsixError> {
-    if !(1..=MAX_VECTORS).contains(&vectors) {
+    if !(1..=MSIX_MAX_TABLE_SIZE).contains(&vectors) {
         return Err(MsixError::Vectors { vectors });
     }
     for (what, bir, offset) in [("table", table_bir, table_off), ("PBA", pba_bir, pba_off)] {
@@ -121,13 +124,6 @@ impl MsixEntry {
     fn masked(&self) -> bool {
         self.ctrl & ENTRY_MASKED != 0
     }
-}
-
-/// The message a vector sends, for an MSI route.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MsiMessage {
-    pub address: u64,
-    pub data: u32,
 }
 
 /// MSI-X table, PBA, and the two Message Control bits of one function.

@@ -1,30 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! Shared-memory backends: a POSIX shm name, a memfd, a file path (tmpfs or
-//! hugetlbfs), an unlinked file in a directory, or an fd a server sent us.
-//!
-//! The rules every backend follows:
-//! - an object that does not exist is created exclusively (mode 0600) and
-//!   sized; one that exists is used as it is, **never truncated**, and refused
-//!   (untouched) when it is smaller than asked for;
-//! - an object we created is removed again when the [`ShmBackend`] is dropped,
-//!   unless its owner called [`ShmBackend::keep`] once start-up succeeded, so
-//!   a failed start leaves nothing behind;
-//! - on hugetlbfs the size must be a multiple of the huge page size.
-//!
-//! [`ShmBackend::map`] gives a `MAP_SHARED` read/write [`ShmMapping`] of
-//! exactly the requested size; the VMM hands its address to KVM.
-
-mod checks;
-mod mapping;
-#[cfg(test)]
-mod tests;
-
-pub use checks::validate_shm_name;
-pub use mapping::ShmMapping;
-
-use checks::{
-    check_size, dir_error, fstat_of, hugetlbfs_page, is_regular, parent_dir, resize, same_inode,
-};
+//! [`ShmBackend`]: opening, creating, sizing and removing the object behind
+//! one region, by the rules in the module docs.
 
 use std::fmt;
 use std::fs::File;
@@ -38,75 +14,18 @@ use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::Mode;
 use nix::sys::statfs::{fstatfs, HUGETLBFS_MAGIC};
 use nix::unistd::{mkstemp, unlink};
-use thiserror::Error;
 
-use crate::cli::size::format_size;
+use crate::config::size::format_size;
+
+use super::files::{
+    check_size, dir_error, fstat_of, hugetlbfs_page, is_regular, parent_dir, resize, same_inode,
+};
+use super::{validate_shm_name, ShmError, ShmMapping};
 
 /// Where POSIX shm names live on Linux (glibc's `shm_open` uses it).
 pub const SHM_DIR: &str = "/dev/shm";
-/// Longest shm name, without the leading '/' (NAME_MAX).
-const NAME_MAX: usize = 255;
 /// The name memfds carry in /proc/PID/fd (visible to `ls -l`, handy to debug).
 const MEMFD_NAME: &str = "ivvmm-ivshmem";
-
-/// Why shared memory could not be provided. Each text is the one line the
-/// user reads: the problem and the fix.
-#[derive(Debug, Error)]
-pub enum MemoryError {
-    #[error("shared memory name '{name}' is invalid: {reason}; use a plain name such as 'ivshmem' (one optional leading '/')")]
-    InvalidName { name: String, reason: &'static str },
-    #[error(
-        "size {0} bytes is not usable for shared memory: give a size between 4K and 2^62 bytes"
-    )]
-    BadSize(u64),
-    #[error("shared memory object {what} is {actual} but {wanted} was requested: ask for {actual} (or less) or use a new name or path; the object was left unchanged")]
-    TooSmall {
-        what: String,
-        actual: String,
-        wanted: String,
-    },
-    #[error("{what} is not a regular file: give a file on tmpfs or hugetlbfs, or a new name; it was left unchanged")]
-    NotRegularFile { what: String },
-    #[error(
-        "{what} is on hugetlbfs with {page} pages but the size is {size}: use a multiple of {page}"
-    )]
-    HugePageMultiple {
-        what: String,
-        page: String,
-        size: String,
-    },
-    #[error("directory {dir} does not exist: create it (for huge pages: mount -t hugetlbfs none {dir}) or choose another path")]
-    NoDirectory { dir: PathBuf },
-    #[error("cannot create {what}: {dir} is not writable ({errno}); choose a writable directory or fix its permissions")]
-    NotWritable {
-        what: String,
-        dir: PathBuf,
-        errno: Errno,
-    },
-    #[error("cannot open {what} for reading and writing ({errno}); fix its permissions or use a new name; it was left unchanged")]
-    OpenExisting { what: String, errno: Errno },
-    #[error("cannot create {what} ({errno}); check that the directory exists and is writable")]
-    Create { what: String, errno: Errno },
-    #[error("cannot set the size of {what} to {size} ({errno}); free space on that filesystem or use a smaller size; nothing was left behind")]
-    Resize {
-        what: String,
-        size: String,
-        errno: Errno,
-    },
-    #[error("cannot inspect {what} ({errno}); is it a file or shared memory object?")]
-    Stat { what: String, errno: Errno },
-    #[error("cannot seal {what} against shrinking ({errno}); this kernel may lack memfd sealing")]
-    Seal { what: String, errno: Errno },
-    #[error("the shared memory from the server is empty: the server is misconfigured; restart it with a size such as -l 4M")]
-    Empty,
-    #[error("cannot map {size} of shared memory {what} ({errno}); {hint}")]
-    Map {
-        what: String,
-        size: String,
-        errno: Errno,
-        hint: &'static str,
-    },
-}
 
 /// Which kind of object backs the shared memory (and how to name it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +71,7 @@ pub struct ShmBackend {
 
 impl ShmBackend {
     /// Opens or creates the object `source` names with at least `size` bytes.
-    pub fn open(source: &ShmSource, size: u64) -> Result<Self, MemoryError> {
+    pub fn open(source: &ShmSource, size: u64) -> Result<Self, ShmError> {
         match source {
             ShmSource::Name(name) => Self::open_name(name, size),
             ShmSource::Path(path) => Self::open_path(path, size),
@@ -162,7 +81,7 @@ impl ShmBackend {
     }
 
     /// Opens POSIX shm object `name` (/dev/shm/NAME), creating it if absent.
-    pub fn open_name(name: &str, size: u64) -> Result<Self, MemoryError> {
+    pub fn open_name(name: &str, size: u64) -> Result<Self, ShmError> {
         let bare = validate_shm_name(name)?;
         check_size(size)?;
         let shm_name = format!("/{bare}");
@@ -182,7 +101,7 @@ impl ShmBackend {
                     return Self::finish_created(fd, size, what, false, created);
                 }
                 Err(Errno::EEXIST) => {}
-                Err(errno) => return Err(MemoryError::Create { what, errno }),
+                Err(errno) => return Err(ShmError::Create { what, errno }),
             }
             match shm_open(
                 shm_name.as_str(),
@@ -191,17 +110,17 @@ impl ShmBackend {
             ) {
                 Ok(fd) => return Self::finish_existing(fd, size, what),
                 Err(Errno::ENOENT) => continue,
-                Err(errno) => return Err(MemoryError::OpenExisting { what, errno }),
+                Err(errno) => return Err(ShmError::OpenExisting { what, errno }),
             }
         }
-        Err(MemoryError::Create {
+        Err(ShmError::Create {
             what,
             errno: Errno::EAGAIN,
         })
     }
 
     /// Opens the file at `path`, creating it if absent (tmpfs, hugetlbfs...).
-    pub fn open_path(path: &Path, size: u64) -> Result<Self, MemoryError> {
+    pub fn open_path(path: &Path, size: u64) -> Result<Self, ShmError> {
         check_size(size)?;
         let what = path.display().to_string();
         let dir = parent_dir(path);
@@ -219,11 +138,11 @@ impl ShmBackend {
                     return Self::finish_created(fd, size, what, hugetlbfs, created);
                 }
                 Err(Errno::EEXIST) => {}
-                Err(Errno::ENOENT) => return Err(MemoryError::NoDirectory { dir }),
+                Err(Errno::ENOENT) => return Err(ShmError::NoDirectory { dir }),
                 Err(errno @ (Errno::EACCES | Errno::EPERM | Errno::EROFS)) => {
-                    return Err(MemoryError::NotWritable { what, dir, errno })
+                    return Err(ShmError::NotWritable { what, dir, errno })
                 }
-                Err(errno) => return Err(MemoryError::Create { what, errno }),
+                Err(errno) => return Err(ShmError::Create { what, errno }),
             }
             match open(path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()) {
                 Ok(fd) => {
@@ -232,10 +151,10 @@ impl ShmBackend {
                     return Ok(backend);
                 }
                 Err(Errno::ENOENT) => continue,
-                Err(errno) => return Err(MemoryError::OpenExisting { what, errno }),
+                Err(errno) => return Err(ShmError::OpenExisting { what, errno }),
             }
         }
-        Err(MemoryError::Create {
+        Err(ShmError::Create {
             what,
             errno: Errno::EAGAIN,
         })
@@ -243,7 +162,7 @@ impl ShmBackend {
 
     /// Creates an unlinked file of `size` bytes in `dir` (server `-m DIR`).
     /// Nothing is ever left behind in `dir`.
-    pub fn create_in_dir(dir: &Path, size: u64) -> Result<Self, MemoryError> {
+    pub fn create_in_dir(dir: &Path, size: u64) -> Result<Self, ShmError> {
         check_size(size)?;
         let what = format!("an unlinked file in {}", dir.display());
         let hugetlbfs = hugetlbfs_page(dir, &what, size)?.is_some();
@@ -268,21 +187,21 @@ impl ShmBackend {
     /// Creates an anonymous memfd of `size` bytes; `seal` forbids shrinking
     /// it (and adding further seals), so no peer can pull memory away from
     /// the others.
-    pub fn memfd(size: u64, seal: bool) -> Result<Self, MemoryError> {
+    pub fn memfd(size: u64, seal: bool) -> Result<Self, ShmError> {
         check_size(size)?;
         let what = "memfd".to_string();
         let mut flags = MFdFlags::MFD_CLOEXEC;
         if seal {
             flags |= MFdFlags::MFD_ALLOW_SEALING;
         }
-        let fd = memfd_create(MEMFD_NAME, flags).map_err(|errno| MemoryError::Create {
+        let fd = memfd_create(MEMFD_NAME, flags).map_err(|errno| ShmError::Create {
             what: what.clone(),
             errno,
         })?;
         resize(&fd, size, &what)?;
         if seal {
             let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
-            fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(|errno| MemoryError::Seal {
+            fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(|errno| ShmError::Seal {
                 what: what.clone(),
                 errno,
             })?;
@@ -292,15 +211,15 @@ impl ShmBackend {
 
     /// Wraps an fd received from a server; the size is the object's size.
     /// The VMM checks it against the BAR it wants.
-    pub fn from_fd(fd: OwnedFd) -> Result<Self, MemoryError> {
+    pub fn from_fd(fd: OwnedFd) -> Result<Self, ShmError> {
         let what = "from the server".to_string();
         let st = fstat_of(&fd, &what)?;
         if !is_regular(&st) {
-            return Err(MemoryError::NotRegularFile { what });
+            return Err(ShmError::NotRegularFile { what });
         }
         let size = u64::try_from(st.st_size).unwrap_or(0);
         if size == 0 {
-            return Err(MemoryError::Empty);
+            return Err(ShmError::Empty);
         }
         let hugetlbfs = fstatfs(&fd).is_ok_and(|s| s.filesystem_type() == HUGETLBFS_MAGIC);
         Ok(Self::from_parts(fd, size, size, what, hugetlbfs, None))
@@ -342,8 +261,8 @@ impl ShmBackend {
     }
 
     /// Maps exactly `size()` bytes `MAP_SHARED`, read/write.
-    pub fn map(&self) -> Result<ShmMapping, MemoryError> {
-        ShmMapping::new(self.file.as_fd(), self.size).map_err(|errno| MemoryError::Map {
+    pub fn map(&self) -> Result<ShmMapping, ShmError> {
+        ShmMapping::new(self.file.as_fd(), self.size).map_err(|errno| ShmError::Map {
             what: self.what.clone(),
             size: format_size(self.size),
             errno,
@@ -379,7 +298,7 @@ impl ShmBackend {
         what: String,
         hugetlbfs: bool,
         created: Created,
-    ) -> Result<Self, MemoryError> {
+    ) -> Result<Self, ShmError> {
         // Build the backend first so that a failing resize drops it, which
         // removes the object we just created.
         let backend = Self::from_parts(fd, size, size, what, hugetlbfs, Some(created));
@@ -387,14 +306,14 @@ impl ShmBackend {
         Ok(backend)
     }
 
-    fn finish_existing(fd: OwnedFd, size: u64, what: String) -> Result<Self, MemoryError> {
+    fn finish_existing(fd: OwnedFd, size: u64, what: String) -> Result<Self, ShmError> {
         let st = fstat_of(&fd, &what)?;
         if !is_regular(&st) {
-            return Err(MemoryError::NotRegularFile { what });
+            return Err(ShmError::NotRegularFile { what });
         }
         let actual = u64::try_from(st.st_size).unwrap_or(0);
         if actual < size {
-            return Err(MemoryError::TooSmall {
+            return Err(ShmError::TooSmall {
                 what,
                 actual: format_size(actual),
                 wanted: format_size(size),
@@ -442,3 +361,7 @@ impl Drop for ShmBackend {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "backend_tests.rs"]
+mod tests;

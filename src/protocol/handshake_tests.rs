@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::codec::{send_message, send_raw};
 use super::*;
-use crate::devices::ivshmem::memory::ShmBackend;
+use crate::protocol::codec::{send_message, send_raw};
+use crate::protocol::{handshake, PeerEvent};
+use crate::shm::ShmBackend;
 
 const T: Duration = Duration::from_secs(5);
 

@@ -19,12 +19,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::cli::size::format_size;
-use crate::devices::ivshmem::memory::{MemoryError, ShmBackend, ShmMapping};
-use crate::protocol::{connect_with, ConnectOptions, HandshakeError, PeerConnection, PeerEvent};
-
-/// With no `-n`, keep as many vectors as the server offers, up to this.
-pub const DEFAULT_MAX_VECTORS: u16 = 64;
+use crate::config::size::format_size;
+use crate::protocol::{
+    connect_with, ConnectOptions, HandshakeError, PeerConnection, PeerEvent, MAX_SERVER_VECTORS,
+};
+use crate::shm::{ShmBackend, ShmError, ShmMapping};
 
 /// Why a client command failed. One line: problem and fix.
 #[derive(Debug, Error)]
@@ -32,7 +31,7 @@ pub enum ClientError {
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
     #[error(transparent)]
-    Memory(#[from] MemoryError),
+    Memory(#[from] ShmError),
     #[error("peer {peer} is not connected (connected: {known}); list peers with `ivvmm client -S SOCKET`")]
     UnknownPeer { peer: u16, known: String },
     #[error("peer {peer} has {count} vectors here, so vector {vector} does not exist: use a vector below {count}, or join with more (-n)")]
@@ -86,13 +85,13 @@ pub enum Notice {
 
 impl Client {
     /// Joins the server at `socket`. `vectors: None` keeps whatever the server
-    /// offers (up to [`DEFAULT_MAX_VECTORS`]) without a warning.
+    /// offers (up to [`MAX_SERVER_VECTORS`]) without a warning.
     pub fn join(
         socket: &Path,
         vectors: Option<u16>,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let mut opts = ConnectOptions::new(vectors.unwrap_or(DEFAULT_MAX_VECTORS), timeout);
+        let mut opts = ConnectOptions::new(vectors.unwrap_or(MAX_SERVER_VECTORS), timeout);
         opts.warn_fewer = vectors.is_some();
         let (conn, hs) = connect_with(socket, &opts)?;
         let map = hs.shm.map()?;

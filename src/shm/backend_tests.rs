@@ -68,7 +68,7 @@ fn shm_names_follow_posix_rules() {
     assert!(validate_shm_name(&"a".repeat(255)).is_ok());
     for bad in ["", "/", "a/b", "/a/b", "//a", ".", "..", "/..", "a\0b"] {
         let e = validate_shm_name(bad).unwrap_err();
-        assert!(matches!(e, MemoryError::InvalidName { .. }), "{bad:?}: {e}");
+        assert!(matches!(e, ShmError::InvalidName { .. }), "{bad:?}: {e}");
     }
     let e = validate_shm_name(&"a".repeat(256)).unwrap_err();
     assert!(e.to_string().contains("255"), "{e}");
@@ -139,7 +139,7 @@ fn existing_smaller_object_is_refused_and_left_unchanged() {
     make_file(&path, MIB, 0x5a);
     let before = fingerprint(&path);
     let e = ShmBackend::open_name(&name, 4 * MIB).unwrap_err();
-    assert!(matches!(e, MemoryError::TooSmall { .. }), "{e}");
+    assert!(matches!(e, ShmError::TooSmall { .. }), "{e}");
     let text = e.to_string();
     assert!(text.contains("is 1M") && text.contains("4M"), "{text}");
     assert!(text.contains("left unchanged"), "{text}");
@@ -161,7 +161,7 @@ fn path_backend_creates_uses_and_refuses_like_names() {
     make_file(&path, MIB, 1);
     let before = fingerprint(&path);
     let e = ShmBackend::open_path(&path, 2 * MIB).unwrap_err();
-    assert!(matches!(e, MemoryError::TooSmall { .. }), "{e}");
+    assert!(matches!(e, ShmError::TooSmall { .. }), "{e}");
     assert_eq!(fingerprint(&path), before);
     let backend = ShmBackend::open_path(&path, 64 * 1024).unwrap();
     assert!(!backend.will_remove());
@@ -174,7 +174,7 @@ fn path_in_missing_directory_names_the_directory() {
     let dir = TempDir::new("nodir");
     let missing = dir.0.join("no/such");
     let e = ShmBackend::open_path(&missing.join("shm"), MIB).unwrap_err();
-    assert!(matches!(e, MemoryError::NoDirectory { .. }), "{e}");
+    assert!(matches!(e, ShmError::NoDirectory { .. }), "{e}");
     assert!(
         e.to_string().contains(&missing.display().to_string()),
         "{e}"
@@ -198,10 +198,10 @@ fn unwritable_dir() -> (PathBuf, Option<TempDir>) {
 fn read_only_directory_is_a_clear_error() {
     let (dir, _keep) = unwritable_dir();
     let e = ShmBackend::open_path(&dir.join(unique("ro")), MIB).unwrap_err();
-    assert!(matches!(e, MemoryError::NotWritable { .. }), "{e}");
+    assert!(matches!(e, ShmError::NotWritable { .. }), "{e}");
     assert!(e.to_string().contains("not writable"), "{e}");
     let e = ShmBackend::create_in_dir(&dir, MIB).unwrap_err();
-    assert!(matches!(e, MemoryError::NotWritable { .. }), "{e}");
+    assert!(matches!(e, ShmError::NotWritable { .. }), "{e}");
 }
 
 #[test]
@@ -211,7 +211,7 @@ fn non_regular_file_is_refused_untouched() {
     nix::unistd::mkfifo(&fifo, Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
     let before = fingerprint(&fifo);
     let e = ShmBackend::open_path(&fifo, MIB).unwrap_err();
-    assert!(matches!(e, MemoryError::NotRegularFile { .. }), "{e}");
+    assert!(matches!(e, ShmError::NotRegularFile { .. }), "{e}");
     assert_eq!(fingerprint(&fifo), before);
 }
 
@@ -223,7 +223,7 @@ fn dir_backend_leaves_nothing_in_the_directory() {
     assert_eq!(backend.file().metadata().unwrap().len(), 2 * MIB);
     assert_eq!(fs::read_dir(&dir.0).unwrap().count(), 0);
     let e = ShmBackend::create_in_dir(&dir.0.join("missing"), MIB).unwrap_err();
-    assert!(matches!(e, MemoryError::NoDirectory { .. }), "{e}");
+    assert!(matches!(e, ShmError::NoDirectory { .. }), "{e}");
 }
 
 #[test]
@@ -247,13 +247,10 @@ fn received_fd_takes_its_size_from_fstat() {
     let backend = ShmBackend::from_fd(fd.into()).unwrap();
     assert_eq!(backend.size(), MIB);
     let empty = memfd_create("empty", MFdFlags::MFD_CLOEXEC).unwrap();
-    assert!(matches!(
-        ShmBackend::from_fd(empty),
-        Err(MemoryError::Empty)
-    ));
+    assert!(matches!(ShmBackend::from_fd(empty), Err(ShmError::Empty)));
     let (r, _w) = nix::unistd::pipe().unwrap();
     let e = ShmBackend::from_fd(r).unwrap_err();
-    assert!(matches!(e, MemoryError::NotRegularFile { .. }), "{e}");
+    assert!(matches!(e, ShmError::NotRegularFile { .. }), "{e}");
 }
 
 #[test]
@@ -296,7 +293,7 @@ fn unmappable_size_is_a_clear_error_and_cleans_up() {
     let path = Path::new(SHM_DIR).join(&name);
     let backend = ShmBackend::open_name(&name, 1 << 47).unwrap();
     let e = backend.map().unwrap_err();
-    assert!(matches!(e, MemoryError::Map { .. }), "{e}");
+    assert!(matches!(e, ShmError::Map { .. }), "{e}");
     assert!(e.to_string().contains("smaller size"), "{e}");
     drop(backend);
     assert!(
@@ -311,11 +308,11 @@ fn sizes_outside_the_usable_range_are_refused_before_creating() {
     let _g = ShmGuard::new(&name);
     assert!(matches!(
         ShmBackend::open_name(&name, 100),
-        Err(MemoryError::BadSize(100))
+        Err(ShmError::BadSize(100))
     ));
     assert!(matches!(
         ShmBackend::memfd(u64::MAX, true),
-        Err(MemoryError::BadSize(_))
+        Err(ShmError::BadSize(_))
     ));
     assert!(!Path::new(SHM_DIR).join(&name).exists());
 }
@@ -344,10 +341,10 @@ fn hugetlbfs_size_must_be_a_page_multiple() {
     let page = statfs(&dir).unwrap().block_size() as u64;
     let path = dir.join(unique("huge"));
     let e = ShmBackend::open_path(&path, page / 2).unwrap_err();
-    assert!(matches!(e, MemoryError::HugePageMultiple { .. }), "{e}");
+    assert!(matches!(e, ShmError::HugePageMultiple { .. }), "{e}");
     assert!(!path.exists());
     let e = ShmBackend::create_in_dir(&dir, page + 4096).unwrap_err();
-    assert!(matches!(e, MemoryError::HugePageMultiple { .. }), "{e}");
+    assert!(matches!(e, ShmError::HugePageMultiple { .. }), "{e}");
     let unlinked = ShmBackend::create_in_dir(&dir, page).unwrap();
     assert!(unlinked.is_hugetlbfs());
     assert_eq!(unlinked.file().metadata().unwrap().len(), page);

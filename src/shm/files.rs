@@ -10,11 +10,14 @@ use nix::sys::stat::{fstat, stat, FileStat, SFlag};
 use nix::sys::statfs::{statfs, HUGETLBFS_MAGIC};
 use nix::unistd::ftruncate;
 
-use super::{MemoryError, NAME_MAX};
-use crate::cli::size::format_size;
+use super::ShmError;
+use crate::config::size::format_size;
+
+/// Longest shm name, without the leading '/' (NAME_MAX).
+const NAME_MAX: usize = 255;
 
 /// Checks a POSIX shm name and returns it without its leading '/'.
-pub fn validate_shm_name(name: &str) -> Result<&str, MemoryError> {
+pub fn validate_shm_name(name: &str) -> Result<&str, ShmError> {
     let bare = name.strip_prefix('/').unwrap_or(name);
     let reason = if bare.is_empty() {
         Some("it is empty")
@@ -30,7 +33,7 @@ pub fn validate_shm_name(name: &str) -> Result<&str, MemoryError> {
         None
     };
     match reason {
-        Some(reason) => Err(MemoryError::InvalidName {
+        Some(reason) => Err(ShmError::InvalidName {
             name: name.to_string(),
             reason,
         }),
@@ -38,25 +41,25 @@ pub fn validate_shm_name(name: &str) -> Result<&str, MemoryError> {
     }
 }
 
-pub(super) fn check_size(size: u64) -> Result<(), MemoryError> {
+pub(super) fn check_size(size: u64) -> Result<(), ShmError> {
     // off_t is signed; 2^62 leaves room for every offset computation.
     if !(4096..=1 << 62).contains(&size) {
-        return Err(MemoryError::BadSize(size));
+        return Err(ShmError::BadSize(size));
     }
     Ok(())
 }
 
-pub(super) fn resize(fd: impl AsFd, size: u64, what: &str) -> Result<(), MemoryError> {
-    let len = i64::try_from(size).map_err(|_| MemoryError::BadSize(size))?;
-    ftruncate(fd, len).map_err(|errno| MemoryError::Resize {
+pub(super) fn resize(fd: impl AsFd, size: u64, what: &str) -> Result<(), ShmError> {
+    let len = i64::try_from(size).map_err(|_| ShmError::BadSize(size))?;
+    ftruncate(fd, len).map_err(|errno| ShmError::Resize {
         what: what.to_string(),
         size: format_size(size),
         errno,
     })
 }
 
-pub(super) fn fstat_of(fd: impl AsFd, what: &str) -> Result<FileStat, MemoryError> {
-    fstat(fd).map_err(|errno| MemoryError::Stat {
+pub(super) fn fstat_of(fd: impl AsFd, what: &str) -> Result<FileStat, ShmError> {
+    fstat(fd).map_err(|errno| ShmError::Stat {
         what: what.to_string(),
         errno,
     })
@@ -78,20 +81,16 @@ pub(super) fn parent_dir(path: &Path) -> PathBuf {
 }
 
 /// The huge page size if `dir` is on hugetlbfs (and `size` fits it).
-pub(super) fn hugetlbfs_page(
-    dir: &Path,
-    what: &str,
-    size: u64,
-) -> Result<Option<u64>, MemoryError> {
+pub(super) fn hugetlbfs_page(dir: &Path, what: &str, size: u64) -> Result<Option<u64>, ShmError> {
     let fs = match statfs(dir) {
         Ok(fs) => fs,
         Err(Errno::ENOENT | Errno::ENOTDIR) => {
-            return Err(MemoryError::NoDirectory {
+            return Err(ShmError::NoDirectory {
                 dir: dir.to_path_buf(),
             })
         }
         Err(errno) => {
-            return Err(MemoryError::Stat {
+            return Err(ShmError::Stat {
                 what: dir.display().to_string(),
                 errno,
             })
@@ -103,7 +102,7 @@ pub(super) fn hugetlbfs_page(
     #[allow(clippy::unnecessary_cast)] // the field's type differs by libc
     let page = (fs.block_size() as u64).max(1);
     if size % page != 0 {
-        return Err(MemoryError::HugePageMultiple {
+        return Err(ShmError::HugePageMultiple {
             what: what.to_string(),
             page: format_size(page),
             size: format_size(size),
@@ -112,17 +111,17 @@ pub(super) fn hugetlbfs_page(
     Ok(Some(page))
 }
 
-pub(super) fn dir_error(dir: &Path, what: &str, errno: Errno) -> MemoryError {
+pub(super) fn dir_error(dir: &Path, what: &str, errno: Errno) -> ShmError {
     match errno {
-        Errno::ENOENT | Errno::ENOTDIR => MemoryError::NoDirectory {
+        Errno::ENOENT | Errno::ENOTDIR => ShmError::NoDirectory {
             dir: dir.to_path_buf(),
         },
-        Errno::EACCES | Errno::EPERM | Errno::EROFS => MemoryError::NotWritable {
+        Errno::EACCES | Errno::EPERM | Errno::EROFS => ShmError::NotWritable {
             what: what.to_string(),
             dir: dir.to_path_buf(),
             errno,
         },
-        errno => MemoryError::Create {
+        errno => ShmError::Create {
             what: what.to_string(),
             errno,
         },

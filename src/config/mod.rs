@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! What a VM is built from, as plain data: produced by `cli` from flags (or
+//! by tests directly), consumed by `vmm` and the devices. Nothing here knows
+//! about flags, KVM or files.
+
+pub mod size;
+
+use std::path::PathBuf;
+
+/// Smallest ivshmem region (one page), as QEMU.
+pub const MIN_SHM_SIZE: u64 = 4096;
+/// Default ivshmem size, as QEMU's ivshmem-server.
+pub const DEFAULT_SHM_SIZE: u64 = 4 << 20;
+
+/// Where the guest's serial output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialChoice {
+    Stdio,
+    None,
+    File(PathBuf),
+}
+
+/// The host side of one ivshmem device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IvshmemBacking {
+    /// POSIX shared memory object.
+    Shm { name: String, size: u64 },
+    /// A file on tmpfs or hugetlbfs.
+    Path { path: PathBuf, size: u64 },
+    /// Shared memory and doorbells from an ivshmem server. With `size`, BAR2
+    /// is that size and the server's memory must be at least as large;
+    /// without, BAR2 is the server's size rounded up to a power of two.
+    Server {
+        socket: PathBuf,
+        vectors: u16,
+        size: Option<u64>,
+    },
+}
+
+/// Everything needed to build a VM; produced from flags, or by tests directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub mem_size: u64,
+    pub cpus: u32,
+    pub serial: SerialChoice,
+    pub ivshmem: Vec<IvshmemBacking>,
+    pub stats: bool,
+}
