@@ -15,7 +15,10 @@ use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::bootparams::{write_cmdline, write_linux_boot_params, write_pvh_start_info, Initrd};
+use super::bootparams::{
+    write_cmdline, write_linux_boot_params, write_pvh_start_info, Initrd, ParamsError,
+    BOOT_FLAG_MAGIC, HDRS_MAGIC,
+};
 use super::layout::{
     align_down, align_up, low_ram_end, CMDLINE_MAX_SIZE, DEFAULT_INITRD_ADDR_MAX, HIGH_RAM_START,
     MIB, PVH_INFO_START, ZERO_PAGE_START,
@@ -76,20 +79,10 @@ pub enum BootError {
         kernel_end: u64,
         limit: u64,
     },
-    #[error(
-        "kernel command line is {len} bytes but this kernel accepts at most {max}: shorten it"
-    )]
-    CmdlineTooLong { len: usize, max: usize },
-    #[error("kernel command line contains a NUL byte: remove it")]
-    CmdlineNul,
     #[error("--mem {mem} bytes is too small to boot anything: give at least {} MiB", MIN_MEM_SIZE / MIB)]
     MemTooSmall { mem: u64 },
-    #[error("cannot write {what} to guest memory at {addr:#x}: {reason}; give the VM more memory (--mem)")]
-    GuestMemory {
-        what: &'static str,
-        addr: u64,
-        reason: String,
-    },
+    #[error(transparent)]
+    Params(#[from] ParamsError),
 }
 
 /// Less than this cannot hold the boot data below 1 MiB plus any kernel.
@@ -103,8 +96,6 @@ const OLD_PROTOCOL_CMDLINE_MAX: usize = 255;
 
 const BOOT_FLAG_OFFSET: usize = 0x1fe;
 const HDRS_OFFSET: usize = 0x202;
-const BOOT_FLAG_MAGIC: u16 = 0xaa55;
-const HDRS_MAGIC: u32 = 0x5372_6448; // "HdrS"
 const XLF_KERNEL_64: u16 = 1 << 0;
 
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
@@ -403,11 +394,12 @@ fn load_initrd(
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, count)
         .map_err(|e| match e {
             vm_memory::GuestMemoryError::IOError(source) => read_err(source),
-            other => BootError::GuestMemory {
+            other => ParamsError::GuestMemory {
                 what: "the initrd",
                 addr,
                 reason: other.to_string(),
-            },
+            }
+            .into(),
         })?;
     Ok(Some(Initrd { addr, size }))
 }

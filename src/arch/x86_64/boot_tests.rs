@@ -216,7 +216,10 @@ fn bzimage_cmdline_longer_than_the_kernel_allows_is_refused() {
     let kernel = TempFile::new(&bzimage(0x80_0000, 0x37ff_ffff, 10));
     let err = load_kernel(&mem, 64 * MIB, &kernel.0, None, "console=ttyS0").unwrap_err();
     assert!(
-        matches!(err, BootError::CmdlineTooLong { len: 13, max: 10 }),
+        matches!(
+            err,
+            BootError::Params(ParamsError::CmdlineTooLong { len: 13, max: 10 })
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("shorten"));
@@ -418,7 +421,7 @@ fn cmdline_with_nul_is_refused() {
     let mem = guest(64 * MIB);
     let kernel = TempFile::new(&elf(None, 0x1000));
     let err = load_kernel(&mem, 64 * MIB, &kernel.0, None, "a\0b").unwrap_err();
-    assert!(matches!(err, BootError::CmdlineNul));
+    assert!(matches!(err, BootError::Params(ParamsError::CmdlineNul)));
 }
 
 #[test]
@@ -429,10 +432,10 @@ fn elf_cmdline_limit_is_linux_command_line_size() {
     let err = load_kernel(&mem, 64 * MIB, &kernel.0, None, &"x".repeat(2048)).unwrap_err();
     assert!(matches!(
         err,
-        BootError::CmdlineTooLong {
+        BootError::Params(ParamsError::CmdlineTooLong {
             len: 2048,
             max: 2047
-        }
+        })
     ));
 }
 

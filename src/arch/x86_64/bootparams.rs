@@ -12,7 +12,8 @@ use linux_loader::loader::elf::start_info::{
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::boot::BootError;
+use thiserror::Error;
+
 use super::layout::{
     e820_map, CMDLINE_START, PVH_INFO_START, PVH_MEMMAP_MAX_ENTRIES, PVH_MEMMAP_START,
     PVH_MODLIST_START, ZERO_PAGE_START,
@@ -34,8 +35,28 @@ pub struct CmdlineInfo {
     pub max: usize,
 }
 
-const BOOT_FLAG_MAGIC: u16 = 0xaa55;
-const HDRS_MAGIC: u32 = 0x5372_6448;
+/// Writing the boot data into guest memory failed. The text is what a user
+/// reads.
+#[derive(Debug, Error)]
+pub enum ParamsError {
+    #[error(
+        "kernel command line is {len} bytes but this kernel accepts at most {max}: shorten it"
+    )]
+    CmdlineTooLong { len: usize, max: usize },
+    #[error("kernel command line contains a NUL byte: remove it")]
+    CmdlineNul,
+    #[error("cannot write {what} to guest memory at {addr:#x}: {reason}; give the VM more memory (--mem)")]
+    GuestMemory {
+        what: &'static str,
+        addr: u64,
+        reason: String,
+    },
+}
+
+/// The setup header's boot flag (at 0x1fe of a bzImage) and "HdrS" magic
+/// (at 0x202): a kernel has them, and so must a header we build.
+pub const BOOT_FLAG_MAGIC: u16 = 0xaa55;
+pub const HDRS_MAGIC: u32 = 0x5372_6448; // "HdrS"
 /// "Undefined" boot loader id: we have no id registered with Linux.
 const LOADER_TYPE_UNDEFINED: u8 = 0xff;
 /// The kernel was loaded at 1 MiB or above.
@@ -45,8 +66,8 @@ const VMLINUX_ALIGNMENT: u32 = 0x0100_0000;
 /// Protocol version we claim when building a header for a vmlinux.
 const VMLINUX_PROTOCOL: u16 = 0x020f;
 
-fn guest_err(what: &'static str, addr: u64) -> impl FnOnce(String) -> BootError {
-    move |reason| BootError::GuestMemory { what, addr, reason }
+fn guest_err(what: &'static str, addr: u64) -> impl FnOnce(String) -> ParamsError {
+    move |reason| ParamsError::GuestMemory { what, addr, reason }
 }
 
 /// Writes `cmdline` and its NUL at [`CMDLINE_START`] after checking it
@@ -55,13 +76,13 @@ pub fn write_cmdline(
     mem: &GuestMemoryMmap,
     cmdline: &str,
     max: usize,
-) -> Result<CmdlineInfo, BootError> {
+) -> Result<CmdlineInfo, ParamsError> {
     if cmdline.as_bytes().contains(&0) {
-        return Err(BootError::CmdlineNul);
+        return Err(ParamsError::CmdlineNul);
     }
     let len = cmdline.len();
     if len > max {
-        return Err(BootError::CmdlineTooLong { len, max });
+        return Err(ParamsError::CmdlineTooLong { len, max });
     }
     let mut bytes = Vec::with_capacity(len + 1);
     bytes.extend_from_slice(cmdline.as_bytes());
@@ -126,7 +147,7 @@ pub fn write_linux_boot_params(
     hdr: Option<setup_header>,
     cmdline: CmdlineInfo,
     initrd: Option<Initrd>,
-) -> Result<(), BootError> {
+) -> Result<(), ParamsError> {
     let params = linux_boot_params(mem_size, hdr, cmdline, initrd);
     LinuxBootConfigurator::write_bootparams(
         &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
@@ -190,7 +211,7 @@ pub fn write_pvh_start_info(
     mem_size: u64,
     cmdline: CmdlineInfo,
     initrd: Option<Initrd>,
-) -> Result<(), BootError> {
+) -> Result<(), ParamsError> {
     let (info, memmap, modules) = pvh_start_info(mem_size, cmdline, initrd);
     let mut params = BootParams::new(&info, GuestAddress(PVH_INFO_START));
     params.set_sections(&memmap, GuestAddress(PVH_MEMMAP_START));
