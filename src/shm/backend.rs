@@ -231,6 +231,7 @@ impl ShmBackend {
     }
 
     /// True if we created the object and will remove it on drop.
+    #[cfg(test)]
     pub fn will_remove(&self) -> bool {
         self.created.is_some()
     }
@@ -246,6 +247,7 @@ impl ShmBackend {
     }
 
     /// True if the object lives on hugetlbfs.
+    #[cfg(test)]
     pub fn is_hugetlbfs(&self) -> bool {
         self.hugetlbfs
     }

@@ -364,17 +364,6 @@ impl Doorbell {
     pub fn notify_watch_changed(&self) {
         let _ = self.watch_changed.write(1);
     }
-
-    /// Detaches everything (device reset, teardown).
-    pub fn detach_all(&mut self) {
-        for inc in &mut self.incoming {
-            if inc.attached {
-                let _ = self.vm.unregister_irqfd(&inc.evt, inc.gsi);
-                inc.attached = false;
-            }
-        }
-        self.notify_watch_changed();
-    }
 }
 
 impl Drop for Doorbell {

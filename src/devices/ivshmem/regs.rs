@@ -36,12 +36,6 @@ impl Registers {
         }
     }
 
-    /// Back to the state after power-on (IVPOSITION stays: it's our id).
-    pub fn reset(&mut self) {
-        self.intrmask = 0;
-        self.intrstatus = 0;
-    }
-
     /// A guest read of `data.len()` bytes at `offset`.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match (offset, data.len()) {
@@ -165,14 +159,5 @@ mod tests {
         );
         assert_eq!(read32(&mut r, IVPOSITION), 3);
         assert_eq!(r.write(DOORBELL, &[1, 0]), None, "2-byte doorbell ignored");
-    }
-
-    #[test]
-    fn reset_clears_mask_and_status_only() {
-        let mut r = Registers::new(9);
-        r.write(INTRMASK, &1u32.to_le_bytes());
-        r.write(INTRSTATUS, &1u32.to_le_bytes());
-        r.reset();
-        assert_eq!(r, Registers::new(9));
     }
 }

@@ -148,8 +148,6 @@ pub struct PciConfig {
     bytes: [u8; CONFIG_SPACE_SIZE],
     wmask: [u8; CONFIG_SPACE_SIZE],
     w1cmask: [u8; CONFIG_SPACE_SIZE],
-    /// The bytes as built, for [`PciConfig::reset`].
-    initial: [u8; CONFIG_SPACE_SIZE],
     bars: [Option<BarSlot>; BAR_COUNT],
     capabilities: Vec<CapabilitySlot>,
 }
@@ -160,7 +158,6 @@ impl PciConfig {
             bytes: [0; CONFIG_SPACE_SIZE],
             wmask: [0; CONFIG_SPACE_SIZE],
             w1cmask: [0; CONFIG_SPACE_SIZE],
-            initial: [0; CONFIG_SPACE_SIZE],
             bars: [None; BAR_COUNT],
             capabilities: Vec::new(),
         };
@@ -352,12 +349,6 @@ impl PciConfig {
         self.command() & COMMAND_MEMORY != 0
     }
 
-    /// Puts every register back to its value as built (BAR addresses and
-    /// capability bodies included).
-    pub fn reset(&mut self) {
-        self.bytes = self.initial;
-    }
-
     fn register_is_bar(&self, reg: usize) -> bool {
         (0..=reg).any(|i| match self.bars[i] {
             Some(slot) => i == reg || (slot.kind.is_64() && i + 1 == reg),
@@ -384,10 +375,9 @@ impl PciConfig {
         addrs
     }
 
-    /// Sets bytes both now and in the reset image.
+    /// Sets bytes of the space as built.
     fn init(&mut self, offset: usize, data: &[u8]) {
         self.bytes[offset..offset + data.len()].copy_from_slice(data);
-        self.initial[offset..offset + data.len()].copy_from_slice(data);
     }
 
     fn init_u16(&mut self, offset: usize, value: u16) {

@@ -313,15 +313,6 @@ impl MsixState {
             .collect()
     }
 
-    /// Back to power-on: every entry zero and masked, no pending bits,
-    /// disabled, function not masked.
-    pub fn reset(&mut self) {
-        self.entries.fill(MsixEntry::default());
-        self.pba.fill(0);
-        self.enabled = false;
-        self.function_masked = false;
-    }
-
     fn pba_bit(&self, v: u16) -> Option<(usize, u64)> {
         (usize::from(v) < self.entries.len()).then(|| (usize::from(v / 64), 1u64 << (v % 64)))
     }

@@ -324,29 +324,6 @@ fn enabling_with_pending_vectors_injects_them() {
 }
 
 #[test]
-fn reset_masks_every_entry_and_clears_state() {
-    let mut m = enabled(3);
-    program(&mut m, 0);
-    program(&mut m, 1);
-    m.set_pending(2);
-    m.write_control(MSG_CTRL_ENABLE | MSG_CTRL_FUNCTION_MASK);
-    m.reset();
-    assert!(!m.enabled() && !m.function_masked());
-    for v in 0..3 {
-        assert_eq!(m.entry(v), Some(MsixEntry::default()));
-        assert_eq!(m.entry(v).map(|e| e.ctrl), Some(1));
-        assert!(!m.pending(v));
-    }
-    assert_eq!(
-        m.message(0),
-        Some(MsiMessage {
-            address: 0,
-            data: 0
-        })
-    );
-}
-
-#[test]
 fn hammering_random_table_and_pba_offsets_never_panics() {
     let mut m = enabled(5);
     let mut seed = 0x2545_f491_4f6c_dd1du64;
