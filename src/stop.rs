@@ -4,7 +4,26 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Turns SIGINT, SIGTERM and `extra` into events: blocks them in the calling
+/// thread (threads it starts later inherit the mask, so no other thread
+/// takes them) and returns a non-blocking signalfd that reads them. Call it
+/// before anything that a signal should stop in order: a signal that comes
+/// early waits, pending, until the signalfd is read. The fd also reads the
+/// signals of a child after `fork`.
+pub fn signals_as_events(extra: &[Signal]) -> nix::Result<SignalFd> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    for &signal in extra {
+        set.add(signal);
+    }
+    set.thread_block()?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+}
 
 /// The first reason to stop wins; later ones are ignored.
 #[derive(Clone, Debug, PartialEq, Eq)]

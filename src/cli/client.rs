@@ -8,13 +8,12 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use thiserror::Error;
 
 use crate::client::pingpong::WaitMode;
 use crate::client::{Client, ClientError};
 use crate::config::size::parse_size;
+use crate::stop::signals_as_events;
 
 /// `ivvmm client`: a host process that joins an ivshmem server as a peer.
 #[derive(Debug, clap::Args)]
@@ -124,12 +123,7 @@ pub fn parse_offset(text: &str) -> Result<u64, String> {
 
 /// Runs `ivvmm client`.
 pub fn run(args: ClientArgs) -> Result<(), Error> {
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGINT);
-    mask.add(Signal::SIGTERM);
-    mask.thread_block().map_err(Error::Signals)?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(Error::Signals)?;
+    let signals = signals_as_events(&[]).map_err(Error::Signals)?;
     let stop = Some(signals.as_fd());
 
     let mut client = Client::join(&args.socket, args.vectors, args.connect_timeout)?;

@@ -6,12 +6,11 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use thiserror::Error;
 
 use crate::config::size::parse_pow2_size;
 use crate::protocol::MAX_SERVER_VECTORS;
+use crate::stop::signals_as_events;
 use crate::server::{Pidfile, Server, ServerConfig, ServerError};
 use crate::shm::ShmSource;
 
@@ -122,18 +121,13 @@ pub fn run(args: ServerArgs) -> Result<(), Error> {
     // Signals become events of the loop: block them before the socket
     // exists, so a SIGTERM right after start-up still stops us in order
     // (it waits, pending, until the signalfd reads it).
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGINT);
-    mask.add(Signal::SIGTERM);
-    mask.thread_block().map_err(Error::Signals)?;
+    let signals = signals_as_events(&[]).map_err(Error::Signals)?;
     let mut server = Server::new(&config)?;
     let ready = if args.daemon {
         Some(daemonize()?)
     } else {
         None
     };
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(Error::Signals)?;
     let pidfile = pidfile_path.as_deref().map(Pidfile::write).transpose()?;
     if let Some(ready) = ready {
         detach_stdio();

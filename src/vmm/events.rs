@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::devices::serial::UartEvents;
 
-use crate::stop::{StopReason, VmStop};
+use crate::stop::{signals_as_events, StopReason, VmStop};
 
 /// How often each event-loop subscriber woke the loop.
 #[derive(Default)]
@@ -114,13 +114,7 @@ pub struct SignalHandler {
 
 impl SignalHandler {
     pub fn new(stop: Arc<VmStop>) -> std::io::Result<Self> {
-        let mut set = SigSet::empty();
-        set.add(Signal::SIGINT);
-        set.add(Signal::SIGTERM);
-        set.add(Signal::SIGUSR1);
-        set.thread_block().map_err(std::io::Error::from)?;
-        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(std::io::Error::from)?;
+        let fd = signals_as_events(&[Signal::SIGUSR1]).map_err(std::io::Error::from)?;
         Ok(SignalHandler {
             fd,
             stop,
