@@ -10,9 +10,9 @@ use thiserror::Error;
 
 use crate::config::size::parse_pow2_size;
 use crate::protocol::MAX_SERVER_VECTORS;
-use crate::stop::signals_as_events;
 use crate::server::{Pidfile, Server, ServerConfig, ServerError};
 use crate::shm::ShmSource;
+use crate::stop::signals_as_events;
 
 /// What differs from QEMU's contrib/ivshmem-server (also in docs/server.md).
 const DIFFERENCES: &str = "\

@@ -32,7 +32,7 @@ pub enum Payload {
 }
 
 #[derive(Debug)]
-struct Outgoing {
+struct QueuedMessage {
     bytes: [u8; MESSAGE_LEN],
     payload: Payload,
 }
@@ -46,7 +46,7 @@ pub struct Peer {
     pub sock: UnixStream,
     /// Our incoming eventfds, one per vector; others ring us through them.
     pub vectors: Vec<Rc<EventFd>>,
-    queue: VecDeque<Outgoing>,
+    queue: VecDeque<QueuedMessage>,
     /// Bytes of the front message already sent (stream sockets may split).
     sent: usize,
     limit: usize,
@@ -87,7 +87,7 @@ impl Peer {
         if self.queue.len() >= self.limit {
             return false;
         }
-        self.queue.push_back(Outgoing {
+        self.queue.push_back(QueuedMessage {
             bytes: encode(value),
             payload,
         });

@@ -7,7 +7,7 @@
 
 pub mod terminal;
 
-mod events;
+mod sources;
 
 use std::fs::OpenOptions;
 use std::io;
@@ -27,7 +27,7 @@ use crate::bus::{Bus, BusError};
 use crate::config::size::format_size;
 use crate::config::{SerialChoice, VmConfig};
 use crate::devices::i8042::{ExitPort, EXIT_PORT, I8042};
-use crate::devices::ivshmem::doorbell::IoeventfdBudget;
+use crate::devices::ivshmem::interrupts::IoeventfdBudget;
 use crate::devices::ivshmem::{self, Ivshmem, IvshmemEnv, IvshmemError};
 use crate::devices::pci::root::{PciRoot, CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN};
 use crate::devices::serial::{
@@ -36,7 +36,7 @@ use crate::devices::serial::{
 use crate::irq::IrqRouting;
 use crate::stop::{StopReason, VmStop};
 use crate::vcpu::{self, ExitCounters, UnhandledLog, VcpuContext};
-use events::{Counted, LoopCounters, PvmHint, SignalHandler, StopWatcher};
+use sources::{Counted, LoopCounters, PvmHint, SignalHandler, StopWatcher};
 
 /// Where KVM puts the (Intel-only) TSS: three pages just below the BIOS area.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;

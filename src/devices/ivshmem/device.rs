@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use kvm_bindings::kvm_userspace_memory_region;
 
-use super::doorbell::Doorbell;
-use super::regs::{doorbell_target, Registers, BAR0_SIZE, DOORBELL};
+use super::bar0::{doorbell_target, Registers, BAR0_SIZE, DOORBELL};
+use super::interrupts::Interrupts;
 use super::IvshmemEnv;
 use crate::bus::{BusDevice, SharedDevice};
 use crate::devices::pci::config::{ConfigChange, PciConfig};
@@ -69,7 +69,7 @@ pub struct IvshmemDevice {
     bar2_slot: u32,
     msix: Option<MsixState>,
     msix_cap: Option<u8>,
-    pub(super) doorbell: Option<Doorbell>,
+    pub(super) interrupts: Option<Interrupts>,
     handlers: [Option<SharedDevice>; 2],
     mapped: [Mapped; 3],
     /// Doorbell writes seen in plain mode (ignored, counted).
@@ -86,7 +86,7 @@ pub struct DeviceParts {
     pub bar2_backed: u64,
     pub bar2_slot: u32,
     pub msix: Option<(MsixState, u8)>,
-    pub doorbell: Option<Doorbell>,
+    pub interrupts: Option<Interrupts>,
 }
 
 impl IvshmemDevice {
@@ -107,7 +107,7 @@ impl IvshmemDevice {
             bar2_slot: parts.bar2_slot,
             msix,
             msix_cap,
-            doorbell: parts.doorbell,
+            interrupts: parts.interrupts,
             handlers: [None, None],
             mapped: Default::default(),
             plain_doorbells: 0,
@@ -170,7 +170,7 @@ impl IvshmemDevice {
     /// A doorbell write that reached us: KVM matched no ioeventfd, so the
     /// peer or vector is unknown (or we're in plain mode). Dropped, counted.
     fn doorbell_write(&mut self, value: u32) {
-        match &self.doorbell {
+        match &self.interrupts {
             Some(db) => {
                 let n = db.stats.unmatched.fetch_add(1, Ordering::Relaxed) + 1;
                 let (peer, vector) = doorbell_target(value);
@@ -190,7 +190,7 @@ impl IvshmemDevice {
         if events.is_empty() {
             return;
         }
-        let (Some(msix), Some(db)) = (&mut self.msix, &mut self.doorbell) else {
+        let (Some(msix), Some(db)) = (&mut self.msix, &mut self.interrupts) else {
             return;
         };
         let all = events.iter().any(|e| {
@@ -227,7 +227,7 @@ impl IvshmemDevice {
     }
 
     fn sync_all_vectors(&mut self) {
-        let (Some(msix), Some(db)) = (&self.msix, &mut self.doorbell) else {
+        let (Some(msix), Some(db)) = (&self.msix, &mut self.interrupts) else {
             return;
         };
         for v in 0..db.vectors() {
@@ -238,7 +238,7 @@ impl IvshmemDevice {
 
     /// The event loop saw a masked vector's eventfd fire.
     pub fn vector_event(&mut self, v: u16) {
-        if let (Some(msix), Some(db)) = (&mut self.msix, &mut self.doorbell) {
+        if let (Some(msix), Some(db)) = (&mut self.msix, &mut self.interrupts) {
             db.on_vector_event(v, msix);
         }
     }
@@ -265,7 +265,7 @@ impl IvshmemDevice {
             }
         }
         let doorbell_at = self.mapped[0].at.map(|a| a + DOORBELL);
-        if let Some(db) = &mut self.doorbell {
+        if let Some(db) = &mut self.interrupts {
             db.set_doorbell_address(doorbell_at);
         }
     }

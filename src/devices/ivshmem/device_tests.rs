@@ -10,7 +10,7 @@ use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
-use crate::devices::ivshmem::doorbell::{Doorbell, IoeventfdBudget};
+use crate::devices::ivshmem::interrupts::{Interrupts, IoeventfdBudget};
 use crate::devices::ivshmem::{IvshmemEnv, IVSHMEM_IDS};
 use crate::devices::pci::config::{BarKind, PciConfig, COMMAND_MEMORY};
 use crate::devices::pci::msix::{msix_capability, MsixState, MSIX_CAP_ID};
@@ -66,7 +66,7 @@ fn doorbell_device(vm: Arc<kvm_ioctls::VmFd>) -> Arc<std::sync::Mutex<IvshmemDev
     let (body, wmask) = msix_capability(4, 1, 0, 1, MSIX_PBA_OFFSET as u32).unwrap();
     let cap = config.add_capability(MSIX_CAP_ID, &body, &wmask).unwrap();
     let own = (0..4).map(|_| EventFd::new(0).unwrap()).collect();
-    let mut db = Doorbell::new(vm, irq, 3, own, env.budget.clone()).unwrap();
+    let mut db = Interrupts::new(vm, irq, 3, own, env.budget.clone()).unwrap();
     db.peer_joined(7, 0, EventFd::new(0).unwrap());
     db.peer_joined(7, 1, EventFd::new(0).unwrap());
     let dev = IvshmemDevice::create(DeviceParts {
@@ -78,7 +78,7 @@ fn doorbell_device(vm: Arc<kvm_ioctls::VmFd>) -> Arc<std::sync::Mutex<IvshmemDev
         bar2_backed: 1 << 20,
         bar2_slot: 5,
         msix: Some((MsixState::new(4), cap)),
-        doorbell: Some(db),
+        interrupts: Some(db),
     });
     // Keep the object alive as long as the mapping needs it: the mapping
     // holds its own reference to the memory, so dropping `shm` is fine.

@@ -10,10 +10,10 @@
 //! BAR2 is a KVM memory slot pointing at the `MAP_SHARED` mapping, so guest
 //! accesses to shared memory never exit to the VMM.
 
+pub mod bar0;
 pub mod device;
-pub mod doorbell;
-pub mod events;
-pub mod regs;
+pub mod interrupts;
+pub mod watch;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,11 +31,11 @@ use crate::devices::pci::msix::{msix_capability, MsixError, MsixState, MSIX_CAP_
 use crate::irq::{IrqError, IrqRouting};
 use crate::protocol::{self, HandshakeError};
 use crate::shm::{ShmBackend, ShmError, ShmSource};
+use bar0::BAR0_SIZE;
 pub use device::MAX_VECTORS;
 use device::{DeviceParts, IvshmemDevice, BAR1_SIZE, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET};
-use doorbell::{Doorbell, IoeventfdBudget};
-use events::DoorbellEvents;
-use regs::BAR0_SIZE;
+use interrupts::{Interrupts, IoeventfdBudget};
+use watch::DeviceWatch;
 
 /// The ids QEMU gives ivshmem: Red Hat's vendor id, class "RAM memory",
 /// revision 1, and QEMU's default subsystem ids.
@@ -255,7 +255,7 @@ impl Ivshmem {
             bar2_backed,
             bar2_slot,
             msix: None,
-            doorbell: None,
+            interrupts: None,
         };
         let mut subscriber_parts = None;
         if let Some((conn, id, own, peers, vectors, socket)) = server {
@@ -287,7 +287,7 @@ impl Ivshmem {
                 .add_capability(MSIX_CAP_ID, &body, &wmask)
                 .map_err(cfg_err)?;
             let mut db =
-                Doorbell::new(env.vm.clone(), env.irq.clone(), id, own, env.budget.clone())
+                Interrupts::new(env.vm.clone(), env.irq.clone(), id, own, env.budget.clone())
                     .map_err(|source| IvshmemError::Irq { index, source })?;
             for (peer, fds) in peers {
                 for (v, fd) in fds.into_iter().enumerate() {
@@ -303,13 +303,13 @@ impl Ivshmem {
                 })?;
             parts.ivposition = id;
             parts.msix = Some((MsixState::new(vectors as u16), cap));
-            parts.doorbell = Some(db);
+            parts.interrupts = Some(db);
             subscriber_parts = Some((conn, socket, watch));
         }
 
         let function = IvshmemDevice::create(parts);
         let subscriber = subscriber_parts.map(|(conn, socket, watch)| {
-            Arc::new(Mutex::new(DoorbellEvents::new(
+            Arc::new(Mutex::new(DeviceWatch::new(
                 function.clone(),
                 conn,
                 socket,
@@ -353,7 +353,7 @@ impl Ivshmem {
         use std::sync::atomic::Ordering::Relaxed;
         let dev = self.function.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
-        match &dev.doorbell {
+        match &dev.interrupts {
             Some(db) => {
                 let s = &db.stats;
                 out.push(("id".to_string(), u64::from(db.own_id())));

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! The event-loop side of a doorbell device: messages from the server
-//! (peers joining and leaving), and the eventfds of masked vectors.
+//! [`DeviceWatch`]: everything the event loop watches for one doorbell
+//! device — the server connection (peers joining and leaving, the server
+//! going away) and the eventfds of its masked vectors (they become PBA bits).
 //!
 //! Unmasked vectors are *not* watched here — their eventfds are KVM irqfds
 //! and the loop never wakes for them.
@@ -16,7 +17,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::device::IvshmemDevice;
 use crate::protocol::{PeerConnection, PeerEvent};
 
-pub struct DoorbellEvents {
+/// The event-loop subscriber of one doorbell device.
+pub struct DeviceWatch {
     dev: Arc<Mutex<IvshmemDevice>>,
     conn: PeerConnection,
     server: PathBuf,
@@ -26,14 +28,14 @@ pub struct DoorbellEvents {
     server_gone: bool,
 }
 
-impl DoorbellEvents {
+impl DeviceWatch {
     pub fn new(
         dev: Arc<Mutex<IvshmemDevice>>,
         conn: PeerConnection,
         server: PathBuf,
         watch_changed: EventFd,
     ) -> Self {
-        DoorbellEvents {
+        DeviceWatch {
             dev,
             conn,
             server,
@@ -49,7 +51,7 @@ impl DoorbellEvents {
 
     /// Makes the epoll set hold exactly the unattached vectors' eventfds.
     fn reconcile(&mut self, ops: &mut EventOps) {
-        let want: BTreeMap<u16, RawFd> = match &self.lock().doorbell {
+        let want: BTreeMap<u16, RawFd> = match &self.lock().interrupts {
             Some(db) => db.watched_fds().into_iter().collect(),
             None => BTreeMap::new(),
         };
@@ -83,12 +85,12 @@ impl DoorbellEvents {
         for event in events {
             match event {
                 PeerEvent::PeerJoined { id, vector, fd } => {
-                    if let Some(db) = &mut dev.doorbell {
+                    if let Some(db) = &mut dev.interrupts {
                         db.peer_joined(id, vector, fd);
                     }
                 }
                 PeerEvent::PeerLeft { id } => {
-                    if let Some(db) = &mut dev.doorbell {
+                    if let Some(db) = &mut dev.interrupts {
                         db.peer_left(id);
                     }
                 }
@@ -107,7 +109,7 @@ impl DoorbellEvents {
     }
 }
 
-impl MutEventSubscriber for DoorbellEvents {
+impl MutEventSubscriber for DeviceWatch {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.conn, EventSet::IN)) {
             log::error!("ivshmem: can't watch the server connection: {e:?}");

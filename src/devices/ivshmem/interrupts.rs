@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! Peers, outgoing doorbell ioeventfds, incoming irqfds and masked-vector handling.
+//! [`Interrupts`]: both directions of a doorbell device's interrupts —
+//! outgoing doorbell ioeventfds (one per peer and vector) and our own
+//! vectors' irqfds, routes and masked-vector handling.
 //!
 //! The path of a doorbell never reaches this code: guest A's write to
 //! DOORBELL matches a KVM ioeventfd registered here with datamatch
@@ -59,7 +61,7 @@ impl IoeventfdBudget {
 
 /// Counters shown by `--stats`.
 #[derive(Default, Debug)]
-pub struct DoorbellStats {
+pub struct InterruptStats {
     /// Doorbell writes that matched no ioeventfd (unknown peer or vector).
     pub unmatched: AtomicU64,
     /// Events that arrived on a masked vector (become pending bits).
@@ -73,7 +75,7 @@ pub struct DoorbellStats {
 }
 
 /// One of our own vectors.
-struct Incoming {
+struct OwnVector {
     evt: EventFd,
     gsi: u32,
     attached: bool,
@@ -81,28 +83,28 @@ struct Incoming {
 }
 
 /// One outgoing doorbell: ring `fd` to interrupt (peer, vector).
-struct Outgoing {
+struct PeerDoorbell {
     fd: EventFd,
     /// The DOORBELL address its ioeventfd is registered at.
     registered: Option<u64>,
 }
 
 /// The interrupting half of one ivshmem device.
-pub struct Doorbell {
+pub struct Interrupts {
     vm: Arc<VmFd>,
     irq: Arc<IrqRouting>,
     own_id: u16,
-    incoming: Vec<Incoming>,
-    peers: BTreeMap<u16, Vec<Option<Outgoing>>>,
+    incoming: Vec<OwnVector>,
+    peers: BTreeMap<u16, Vec<Option<PeerDoorbell>>>,
     /// Where DOORBELL is now (BAR0 + 12), if BAR0 is mapped.
     doorbell_addr: Option<u64>,
     budget: Arc<IoeventfdBudget>,
     /// Written when the set of vectors the event loop must watch changes.
     pub watch_changed: EventFd,
-    pub stats: Arc<DoorbellStats>,
+    pub stats: Arc<InterruptStats>,
 }
 
-impl Doorbell {
+impl Interrupts {
     /// Takes our id and incoming eventfds from the handshake; every vector
     /// starts masked (MSI-X is disabled at reset), so nothing is attached.
     pub fn new(
@@ -114,7 +116,7 @@ impl Doorbell {
     ) -> Result<Self, IrqError> {
         let mut incoming = Vec::with_capacity(own.len());
         for evt in own {
-            incoming.push(Incoming {
+            incoming.push(OwnVector {
                 evt,
                 gsi: irq.allocate_gsi()?,
                 attached: false,
@@ -123,7 +125,7 @@ impl Doorbell {
         }
         let watch_changed =
             EventFd::new(EFD_NONBLOCK).map_err(|e| IrqError::Build(format!("eventfd: {e}")))?;
-        let mut db = Doorbell {
+        let mut db = Interrupts {
             vm,
             irq,
             own_id,
@@ -132,7 +134,7 @@ impl Doorbell {
             doorbell_addr: None,
             budget,
             watch_changed,
-            stats: Arc::new(DoorbellStats::default()),
+            stats: Arc::new(InterruptStats::default()),
         };
         // A peer may ring itself: our own eventfds are doorbells too (QEMU
         // registers them the same way).
@@ -196,7 +198,7 @@ impl Doorbell {
             // A repeated announcement replaces the old doorbell.
             Self::unregister_with(&self.vm, &self.budget, id, vector, &mut old);
         }
-        let mut out = Outgoing {
+        let mut out = PeerDoorbell {
             fd,
             registered: None,
         };
@@ -220,7 +222,7 @@ impl Doorbell {
             let Some(slots) = self.peers.get_mut(&id) else {
                 continue;
             };
-            let mut taken: Vec<(u16, Outgoing)> = Vec::new();
+            let mut taken: Vec<(u16, PeerDoorbell)> = Vec::new();
             for (v, slot) in slots.iter_mut().enumerate() {
                 if let Some(out) = slot.take() {
                     taken.push((v as u16, out));
@@ -242,7 +244,7 @@ impl Doorbell {
         }
     }
 
-    fn register(&self, id: u16, vector: u16, out: &mut Outgoing, addr: u64) {
+    fn register(&self, id: u16, vector: u16, out: &mut PeerDoorbell, addr: u64) {
         if !self.budget.take() {
             let n = self.stats.over_budget.fetch_add(1, Ordering::Relaxed) + 1;
             if n == 1 || n.is_power_of_two() {
@@ -271,7 +273,7 @@ impl Doorbell {
         budget: &IoeventfdBudget,
         id: u16,
         vector: u16,
-        out: &mut Outgoing,
+        out: &mut PeerDoorbell,
     ) {
         if let Some(addr) = out.registered.take() {
             let datamatch = (u32::from(id) << 16) | u32::from(vector);
@@ -366,7 +368,7 @@ impl Doorbell {
     }
 }
 
-impl Drop for Doorbell {
+impl Drop for Interrupts {
     fn drop(&mut self) {
         self.set_doorbell_address(None);
         for inc in &mut self.incoming {
