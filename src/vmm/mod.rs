@@ -7,39 +7,29 @@
 
 pub mod terminal;
 
+mod build;
 mod sources;
 
-use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use event_manager::SubscriberOps;
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use thiserror::Error;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vm_memory::GuestMemoryMmap;
 
-use crate::arch::x86_64::{boot, cpuid, layout, mptable, regs};
+use crate::arch::x86_64::{boot, cpuid, mptable, regs};
 use crate::bus::{Bus, BusError};
-use crate::config::size::format_size;
 use crate::config::{SerialChoice, VmConfig};
-use crate::devices::i8042::{ExitPort, EXIT_PORT, I8042};
 use crate::devices::ivshmem::interrupts::IoeventfdBudget;
-use crate::devices::ivshmem::{self, Ivshmem, IvshmemEnv, IvshmemError};
-use crate::devices::pci::root::{PciRoot, CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN};
-use crate::devices::serial::{
-    SerialDevice, SerialInput, SerialSink, UartEvents, COM1_IRQ, COM1_PORT, COM1_PORT_LEN,
-};
+use crate::devices::ivshmem::{Ivshmem, IvshmemEnv, IvshmemError};
+use crate::devices::pci::root::{CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN};
+use crate::devices::serial::UartEvents;
 use crate::irq::IrqRouting;
 use crate::stop::{StopReason, VmStop};
 use crate::vcpu::{self, ExitCounters, UnhandledLog, VcpuContext};
-use sources::{Counted, LoopCounters, PvmHint, SignalHandler, StopWatcher};
-
-/// Where KVM puts the (Intel-only) TSS: three pages just below the BIOS area.
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+use sources::{EventLoop, PvmHint, SignalHandler, StopWatcher};
 
 /// Building a VM failed. Each message names the problem and the fix.
 #[derive(Debug, Error)]
@@ -127,241 +117,92 @@ pub fn kvm_is_pvm() -> bool {
     std::path::Path::new("/sys/module/kvm_pvm").exists()
 }
 
-/// Total host memory from /proc/meminfo, if it can be read.
-fn host_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
-}
-
 /// A built VM, ready to run.
+///
+/// Field order is drop order, and it matters: everything that holds the VM
+/// fd or a vCPU fd (devices, buses, the event loop's subscribers) comes
+/// before `guest_mem`, so the VM — and with it every KVM memory slot that
+/// points into guest RAM — is gone before RAM is unmapped.
 pub struct Vmm {
-    /// Held so the VM outlives its vCPU threads and devices.
-    _vm: Arc<VmFd>,
-    // Kept alive for the VM's lifetime: KVM memory slots point into it.
-    _guest_mem: GuestMemoryMmap,
+    events: EventLoop,
+    ivshmem: Vec<Ivshmem>,
     vcpus: Vec<VcpuFd>,
     ctx: VcpuContext,
     stop: Arc<VmStop>,
-    event_manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
-    loop_counters: Arc<LoopCounters>,
-    ivshmem: Vec<Ivshmem>,
     serial_is_stdio: bool,
     uart_events: Arc<UartEvents>,
     stats: bool,
+    _vm: Arc<VmFd>,
+    /// Last: see above.
+    _guest_mem: GuestMemoryMmap,
 }
 
 impl Vmm {
-    /// Builds the VM: memory, kernel, devices, vCPUs. Nothing runs yet.
+    /// Builds the VM in the order KVM and the guest need, step by step (each
+    /// step says what it must come after). Nothing runs yet; on error
+    /// everything made so far is released, shared memory we created too.
     pub fn new(config: &VmConfig) -> Result<Vmm, VmmError> {
         let kvm = open_kvm()?;
-        let max = max_vcpus(&kvm);
-        if config.cpus > max {
-            return Err(VmmError::TooManyCpus {
-                asked: config.cpus,
-                max,
-            });
-        }
-        if let Some(host) = host_memory() {
-            if config.mem_size > host {
-                return Err(VmmError::MemTooLarge {
-                    asked: format_size(config.mem_size),
-                    host: format_size(host & !((1 << 30) - 1)),
-                });
-            }
-        }
+        build::check_host(&kvm, config)?;
+        // RAM exists before the VM, so that a failure below drops the VM
+        // (locals drop in reverse) before the memory its slots point into.
+        let guest_mem = build::guest_memory(config.mem_size)?;
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
-
-        let guest_mem = GuestMemoryMmap::<()>::from_ranges(&layout::ram_regions(config.mem_size))
-            .map_err(|e| VmmError::GuestMemory {
-            size: format_size(config.mem_size),
-            err: e.to_string(),
-        })?;
-        let mut next_slot = 0u32;
-        for region in guest_mem.iter() {
-            let slot = kvm_userspace_memory_region {
-                slot: next_slot,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-                flags: 0,
-            };
-            // SAFETY: the region is a live mapping owned by `guest_mem`, which
-            // the Vmm keeps until the VM (and its vCPUs) are gone.
-            unsafe { vm.set_user_memory_region(slot) }.map_err(kvm_err("registering guest RAM"))?;
-            next_slot += 1;
-        }
-
-        let entry = boot::load_kernel(
-            &guest_mem,
-            config.mem_size,
-            &config.kernel,
-            config.initrd.as_deref(),
-            &config.cmdline,
-        )?;
-        // The cpus bound was checked against mptable::MAX_CPUS above.
-        let num_cpus = config.cpus as u8;
-        mptable::setup_mptable(&guest_mem, num_cpus)?;
+        let first_device_slot = build::register_ram(&vm, &guest_mem)?;
+        let entry = build::load_guest(&guest_mem, config)?;
 
         let stop = Arc::new(VmStop::new().map_err(io_err("the stop event"))?);
         let pio = Arc::new(Bus::new("port I/O"));
         let mmio = Arc::new(Bus::new("MMIO"));
-        let irq = Arc::new(IrqRouting::new());
-        let loop_counters = Arc::new(LoopCounters::default());
-        let mut event_manager = EventManager::new().map_err(|e| VmmError::Io {
-            what: "the event loop",
-            err: io::Error::other(format!("{e:?}")),
-        })?;
-
-        // PCI bus 0 with the ivshmem functions.
-        let mut root = PciRoot::new();
+        let mut events = EventLoop::new()?;
         let supported_cpuid = cpuid::supported(&kvm)?;
-        let phys_bits = cpuid::phys_bits(&supported_cpuid);
         let env = IvshmemEnv {
             vm: vm.clone(),
             mmio: mmio.clone(),
-            irq: irq.clone(),
+            irq: Arc::new(IrqRouting::new()),
             mem_size: config.mem_size,
-            phys_bits,
+            phys_bits: cpuid::phys_bits(&supported_cpuid),
             budget: Arc::new(IoeventfdBudget::default()),
         };
-        let mut allocator = ivshmem::BarAllocator::new(config.mem_size, phys_bits, next_slot);
-        let mut devices = Vec::new();
-        for (index, backing) in config.ivshmem.iter().enumerate() {
-            let dev = Ivshmem::new(index, backing, &env, &mut allocator)?;
-            root.add_function(dev.function())
-                .map_err(|_| VmmError::PciFull)?;
-            if let Some(sub) = dev.subscriber() {
-                let name = format!("ivshmem{index}");
-                event_manager.add_subscriber(Counted::wrap(name, sub, loop_counters.clone()));
-            }
-            devices.push(dev);
-        }
-
-        // Only now the irqchip and PIT: once they exist, every memory-slot
-        // change waits for an SRCU grace period inside KVM (~7 ms here, most
-        // of the time to first guest output), while before they exist it
-        // takes microseconds. So RAM and the ivshmem BAR2 slots go in first
-        // (a device needs no irqchip until the guest enables MSI-X); only a
-        // BAR2 the guest moves later pays the grace period.
-        vm.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip()
-            .map_err(kvm_err("creating the in-kernel irqchip"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit)
-            .map_err(kvm_err("creating the in-kernel PIT"))?;
-
-        // COM1 and its interrupt.
-        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("the serial interrupt"))?;
-        vm.register_irqfd(&serial_irq, COM1_IRQ)
-            .map_err(kvm_err("wiring the serial interrupt (irqfd)"))?;
-        let drained = EventFd::new(EFD_NONBLOCK).map_err(io_err("the serial input event"))?;
-        let sink = match &config.serial {
-            SerialChoice::Stdio => SerialSink::Stdout,
-            SerialChoice::None => SerialSink::Null,
-            SerialChoice::File(path) => SerialSink::File(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(|err| VmmError::SerialFile {
-                        path: path.clone(),
-                        err,
-                    })?,
-            ),
-        };
-        let drained_clone = drained
-            .try_clone()
-            .map_err(io_err("the serial input event"))?;
-        let uart_events = Arc::new(UartEvents::new(drained_clone));
-        let serial = Arc::new(Mutex::new(
-            SerialDevice::new(serial_irq, uart_events.clone(), sink)
-                .map_err(io_err("the serial console"))?,
-        ));
-        pio.insert(COM1_PORT, COM1_PORT_LEN, serial.clone())?;
-        if config.serial == SerialChoice::Stdio {
-            let input =
-                SerialInput::new(serial, drained, stop.clone()).map_err(io_err("serial input"))?;
-            event_manager.add_subscriber(Counted::wrap(
-                "stdin",
-                Arc::new(Mutex::new(input)),
-                loop_counters.clone(),
-            ));
-        }
-
-        pio.insert(
-            I8042::BASE,
-            I8042::LEN,
-            Arc::new(Mutex::new(I8042::new(stop.clone()))),
-        )?;
-        pio.insert(
-            EXIT_PORT,
-            1,
-            Arc::new(Mutex::new(ExitPort::new(stop.clone()))),
-        )?;
-
+        // Devices with memory slots before the irqchip (see irqchip_and_clock).
+        let (root, mut devices) =
+            build::ivshmem_devices(config, &env, first_device_slot, &mut events)?;
+        build::irqchip_and_clock(&vm)?;
+        let uart_events = build::legacy_devices(&vm, config, &pio, &stop, &mut events)?;
         pio.insert(
             CONFIG_ADDRESS_PORT,
             CONFIG_PORTS_LEN,
             Arc::new(Mutex::new(root)),
         )?;
+        let vcpus = build::vcpus(&vm, &supported_cpuid, config.cpus, &guest_mem, &entry)?;
 
-        // vCPUs: every one gets CPUID, MSRs, FPU and LAPIC; the first also
-        // gets the boot state. The others wait for INIT/SIPI from the guest.
-        let mut vcpus = Vec::with_capacity(config.cpus as usize);
-        for index in 0..num_cpus {
-            let vcpu = vm
-                .create_vcpu(u64::from(index))
-                .map_err(kvm_err("creating a vCPU"))?;
-            cpuid::setup_cpuid(&supported_cpuid, &vcpu, index, num_cpus)?;
-            regs::setup_msrs(&vcpu)?;
-            regs::setup_fpu(&vcpu)?;
-            regs::setup_lapic(&vcpu)?;
-            if index == 0 {
-                regs::setup_boot_cpu(&vcpu, &guest_mem, &entry)?;
-            }
-            vcpus.push(vcpu);
-        }
-
-        let run_mmap_size = kvm
-            .get_vcpu_mmap_size()
-            .map_err(kvm_err("KVM_GET_VCPU_MMAP_SIZE"))?;
         let ctx = VcpuContext {
             pio,
             mmio,
             stop: stop.clone(),
             counters: Arc::new(ExitCounters::default()),
             unhandled: Arc::new(UnhandledLog::default()),
-            run_mmap_size,
+            run_mmap_size: kvm
+                .get_vcpu_mmap_size()
+                .map_err(kvm_err("KVM_GET_VCPU_MMAP_SIZE"))?,
         };
-        event_manager.add_subscriber(Counted::wrap(
-            "stop",
-            Arc::new(Mutex::new(StopWatcher::new(stop.clone()))),
-            loop_counters.clone(),
-        ));
+        events.add("stop", Arc::new(Mutex::new(StopWatcher::new(stop.clone()))));
 
         // Start-up succeeded: shared memory we created is the user's now.
         for dev in &mut devices {
             dev.keep_backing();
         }
         Ok(Vmm {
-            _vm: vm,
-            _guest_mem: guest_mem,
+            events,
+            ivshmem: devices,
             vcpus,
             ctx,
             stop,
-            event_manager,
-            loop_counters,
-            ivshmem: devices,
             serial_is_stdio: config.serial == SerialChoice::Stdio,
             uart_events,
             stats: config.stats,
+            _vm: vm,
+            _guest_mem: guest_mem,
         })
     }
 
@@ -369,16 +210,14 @@ impl Vmm {
     pub fn run(mut self) -> Result<StopReason, VmmError> {
         let signals = SignalHandler::new(self.stop.clone()).map_err(io_err("signal handling"))?;
         let stats_request = signals.stats_requested();
-        self.event_manager.add_subscriber(Counted::wrap(
-            "signal",
-            Arc::new(Mutex::new(signals)),
-            self.loop_counters.clone(),
-        ));
+        self.events.add("signal", Arc::new(Mutex::new(signals)));
         vcpu::install_kick_handler().map_err(io_err("the vCPU kick signal"))?;
         if kvm_is_pvm() {
             match PvmHint::new(self.uart_events.clone()) {
                 Ok(hint) => {
-                    self.event_manager
+                    // Not counted: it is a timer, not a source of work.
+                    self.events
+                        .manager
                         .add_subscriber(Arc::new(Mutex::new(hint)));
                 }
                 Err(e) => log::debug!("no PVM hint timer: {e}"),
@@ -405,7 +244,7 @@ impl Vmm {
         while !self.stop.is_stopping() {
             // EINTR is absorbed by the event manager; anything else (a broken
             // epoll fd) won't heal, so stop rather than spin on it.
-            if let Err(e) = self.event_manager.run() {
+            if let Err(e) = self.events.manager.run() {
                 self.stop
                     .request(StopReason::Fatal(format!("the event loop failed: {e:?}")));
             }
@@ -454,7 +293,7 @@ impl Vmm {
             format!("ivvmm stats: vcpu_exits {}", join(exits)),
             format!(
                 "ivvmm stats: event_loop {}",
-                join(self.loop_counters.snapshot())
+                join(self.events.counters.snapshot())
             ),
         ];
         for dev in &self.ivshmem {

@@ -6,14 +6,41 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::VmmError;
 use crate::devices::serial::UartEvents;
-
 use crate::stop::{signals_as_events, StopReason, VmStop};
+
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// The event loop being assembled: every subscriber is counted under a
+/// name, so `--stats` can show who woke the loop (and that doorbells don't).
+pub struct EventLoop {
+    pub manager: EventManager<Subscriber>,
+    pub counters: Arc<LoopCounters>,
+}
+
+impl EventLoop {
+    pub fn new() -> Result<Self, VmmError> {
+        let manager = EventManager::new().map_err(|e| VmmError::Io {
+            what: "the event loop",
+            err: std::io::Error::other(format!("{e:?}")),
+        })?;
+        Ok(EventLoop {
+            manager,
+            counters: Arc::new(LoopCounters::default()),
+        })
+    }
+
+    pub fn add(&mut self, name: impl Into<String>, subscriber: Subscriber) {
+        let counted = Counted::wrap(name, subscriber, self.counters.clone());
+        self.manager.add_subscriber(counted);
+    }
+}
 
 /// How often each event-loop subscriber woke the loop.
 #[derive(Default)]

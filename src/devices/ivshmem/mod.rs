@@ -15,12 +15,15 @@ pub mod device;
 pub mod interrupts;
 pub mod watch;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::VmFd;
 use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::layout::{self, Mmio32Allocator, Mmio64Allocator};
 use crate::bus::Bus;
@@ -29,7 +32,7 @@ use crate::config::IvshmemBacking;
 use crate::devices::pci::config::{BarKind, ConfigError, PciConfig, PciIds, COMMAND_MEMORY};
 use crate::devices::pci::msix::{msix_capability, MsixError, MsixState, MSIX_CAP_ID};
 use crate::irq::{IrqError, IrqRouting};
-use crate::protocol::{self, HandshakeError};
+use crate::protocol::{self, HandshakeError, PeerConnection};
 use crate::shm::{ShmBackend, ShmError, ShmSource};
 use bar0::BAR0_SIZE;
 pub use device::MAX_VECTORS;
@@ -147,6 +150,12 @@ impl BarAllocator {
             phys_bits,
         }
     }
+
+    fn take_slot(&mut self) -> u32 {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        slot
+    }
 }
 
 /// A built ivshmem device, as the VMM holds it.
@@ -157,68 +166,34 @@ pub struct Ivshmem {
     backend: ShmBackend,
 }
 
+/// What joining a server gave a doorbell device.
+struct Joined {
+    conn: PeerConnection,
+    socket: PathBuf,
+    vectors: u16,
+    id: u16,
+    own: Vec<EventFd>,
+    peers: BTreeMap<u16, Vec<EventFd>>,
+}
+
 impl Ivshmem {
     /// Opens the backing (or joins the server), lays out the BARs and
-    /// builds the PCI function. On error nothing is left behind: shared
-    /// memory created here is removed when `backend` drops.
+    /// builds the PCI function; a doorbell device also gets MSI-X and its
+    /// interrupts. On error nothing is left behind: shared memory created
+    /// here is removed when `backend` drops.
     pub fn new(
         index: usize,
         backing: &IvshmemBacking,
         env: &IvshmemEnv,
         alloc: &mut BarAllocator,
     ) -> Result<Self, IvshmemError> {
-        let mem_err = |source| IvshmemError::Memory { index, source };
-        let (backend, bar2_size, server) = match backing {
-            IvshmemBacking::Shm { name, size } => (
-                ShmBackend::open(&ShmSource::Name(name.clone()), *size).map_err(mem_err)?,
-                *size,
-                None,
-            ),
-            IvshmemBacking::Path { path, size } => (
-                ShmBackend::open(&ShmSource::Path(path.clone()), *size).map_err(mem_err)?,
-                *size,
-                None,
-            ),
-            IvshmemBacking::Server {
-                socket,
-                vectors,
-                size,
-            } => {
-                let (conn, hs) = protocol::connect(socket, *vectors as u16, HANDSHAKE_TIMEOUT)
-                    .map_err(|source| IvshmemError::Handshake { index, source })?;
-                let shm = hs.shm.size();
-                if shm % 4096 != 0 {
-                    return Err(IvshmemError::ShmNotPageMultiple { index, size: shm });
-                }
-                let bar = match size {
-                    Some(bar) if *bar > shm => {
-                        return Err(IvshmemError::ShmSmaller {
-                            index,
-                            shm: format_size(shm),
-                            bar: format_size(*bar),
-                        })
-                    }
-                    Some(bar) => *bar,
-                    // A server's size need not be a power of two (QEMU's
-                    // device aborts then); round the BAR up, the tail unbacked.
-                    None => shm.checked_next_power_of_two().unwrap_or(shm),
-                };
-                (
-                    hs.shm,
-                    bar,
-                    Some((conn, hs.id, hs.own, hs.peers, *vectors, socket.clone())),
-                )
-            }
-        };
-        let mapping = backend.map().map_err(mem_err)?;
+        let (backend, bar2_size, joined) = open_backing(index, backing)?;
+        let mapping = backend
+            .map()
+            .map_err(|source| IvshmemError::Memory { index, source })?;
         // The guest sees at most the BAR of it (a server's object may be
         // larger than the size asked for) and at least... what exists.
         let bar2_backed = (mapping.len() as u64).min(bar2_size);
-
-        let bar0 = alloc
-            .mmio32
-            .alloc(BAR0_SIZE, BAR0_SIZE)
-            .ok_or(IvshmemError::NoMmio32 { index })?;
         let bar2 = alloc
             .mmio64
             .alloc(bar2_size)
@@ -227,93 +202,28 @@ impl Ivshmem {
                 size: format_size(bar2_size),
                 bits: alloc.phys_bits,
             })?;
-        let cfg_err = |source| IvshmemError::Config { index, source };
-        let mut config = PciConfig::new(IVSHMEM_IDS);
-        config
-            .add_bar(
-                0,
-                BAR0_SIZE,
-                BarKind::Mem32 {
-                    prefetchable: false,
-                },
-                bar0,
-            )
-            .map_err(cfg_err)?;
-        config
-            .add_bar(2, bar2_size, BarKind::Mem64 { prefetchable: true }, bar2)
-            .map_err(cfg_err)?;
-        config.set_initial_command(COMMAND_MEMORY);
-        let bar2_slot = alloc.next_slot;
-        alloc.next_slot += 1;
-
         let mut parts = DeviceParts {
             index,
-            config,
+            config: plain_config(index, alloc, bar2, bar2_size)?,
             ivposition: 0,
             env: env.clone(),
             mapping,
             bar2_backed,
-            bar2_slot,
+            bar2_slot: alloc.take_slot(),
             msix: None,
             interrupts: None,
         };
-        let mut subscriber_parts = None;
-        if let Some((conn, id, own, peers, vectors, socket)) = server {
-            let bar1 = alloc
-                .mmio32
-                .alloc(BAR1_SIZE, BAR1_SIZE)
-                .ok_or(IvshmemError::NoMmio32 { index })?;
-            parts
-                .config
-                .add_bar(
-                    1,
-                    BAR1_SIZE,
-                    BarKind::Mem32 {
-                        prefetchable: false,
-                    },
-                    bar1,
-                )
-                .map_err(cfg_err)?;
-            let (body, wmask) = msix_capability(
-                vectors as u16,
-                1,
-                MSIX_TABLE_OFFSET as u32,
-                1,
-                MSIX_PBA_OFFSET as u32,
-            )
-            .map_err(|source| IvshmemError::Msix { index, source })?;
-            let cap = parts
-                .config
-                .add_capability(MSIX_CAP_ID, &body, &wmask)
-                .map_err(cfg_err)?;
-            let mut db =
-                Interrupts::new(env.vm.clone(), env.irq.clone(), id, own, env.budget.clone())
-                    .map_err(|source| IvshmemError::Irq { index, source })?;
-            for (peer, fds) in peers {
-                for (v, fd) in fds.into_iter().enumerate() {
-                    db.peer_joined(peer, v as u16, fd);
-                }
-            }
-            let watch = db
-                .watch_changed
-                .try_clone()
-                .map_err(|e| IvshmemError::Irq {
-                    index,
-                    source: IrqError::Build(e.to_string()),
-                })?;
-            parts.ivposition = id;
-            parts.msix = Some((MsixState::new(vectors as u16), cap));
-            parts.interrupts = Some(db);
-            subscriber_parts = Some((conn, socket, watch));
-        }
-
+        let watch = match joined {
+            Some(joined) => Some(add_doorbell(&mut parts, joined, alloc)?),
+            None => None,
+        };
         let function = IvshmemDevice::create(parts);
-        let subscriber = subscriber_parts.map(|(conn, socket, watch)| {
+        let subscriber = watch.map(|(conn, socket, watch_changed)| {
             Arc::new(Mutex::new(DeviceWatch::new(
                 function.clone(),
                 conn,
                 socket,
-                watch,
+                watch_changed,
             ))) as Arc<Mutex<dyn MutEventSubscriber + Send>>
         });
         log::info!(
@@ -372,4 +282,140 @@ impl Ivshmem {
         }
         out
     }
+}
+
+/// The shared memory behind BAR2 and BAR2's size: an object we open or
+/// create, or — for a doorbell device — what the server's handshake gives.
+fn open_backing(
+    index: usize,
+    backing: &IvshmemBacking,
+) -> Result<(ShmBackend, u64, Option<Joined>), IvshmemError> {
+    let mem_err = |source| IvshmemError::Memory { index, source };
+    let (socket, vectors, size) = match backing {
+        IvshmemBacking::Shm { name, size } => {
+            let backend = ShmBackend::open(&ShmSource::Name(name.clone()), *size);
+            return Ok((backend.map_err(mem_err)?, *size, None));
+        }
+        IvshmemBacking::Path { path, size } => {
+            let backend = ShmBackend::open(&ShmSource::Path(path.clone()), *size);
+            return Ok((backend.map_err(mem_err)?, *size, None));
+        }
+        IvshmemBacking::Server {
+            socket,
+            vectors,
+            size,
+        } => (socket, *vectors, *size),
+    };
+    let (conn, hs) = protocol::connect(socket, vectors, HANDSHAKE_TIMEOUT)
+        .map_err(|source| IvshmemError::Handshake { index, source })?;
+    let shm = hs.shm.size();
+    if shm % 4096 != 0 {
+        return Err(IvshmemError::ShmNotPageMultiple { index, size: shm });
+    }
+    let bar = match size {
+        Some(bar) if bar > shm => {
+            return Err(IvshmemError::ShmSmaller {
+                index,
+                shm: format_size(shm),
+                bar: format_size(bar),
+            })
+        }
+        Some(bar) => bar,
+        // A server's size need not be a power of two (QEMU's device aborts
+        // then); round the BAR up, the tail unbacked.
+        None => shm.checked_next_power_of_two().unwrap_or(shm),
+    };
+    let joined = Joined {
+        conn,
+        socket: socket.clone(),
+        vectors,
+        id: hs.id,
+        own: hs.own,
+        peers: hs.peers,
+    };
+    Ok((hs.shm, bar, Some(joined)))
+}
+
+/// Configuration space of ivshmem-plain: the ids, BAR0 (registers) and
+/// BAR2 (shared memory, 64-bit prefetchable), memory decoding on.
+fn plain_config(
+    index: usize,
+    alloc: &mut BarAllocator,
+    bar2: u64,
+    bar2_size: u64,
+) -> Result<PciConfig, IvshmemError> {
+    let cfg_err = |source| IvshmemError::Config { index, source };
+    let bar0 = alloc
+        .mmio32
+        .alloc(BAR0_SIZE, BAR0_SIZE)
+        .ok_or(IvshmemError::NoMmio32 { index })?;
+    let mut config = PciConfig::new(IVSHMEM_IDS);
+    let mem32 = BarKind::Mem32 {
+        prefetchable: false,
+    };
+    config.add_bar(0, BAR0_SIZE, mem32, bar0).map_err(cfg_err)?;
+    config
+        .add_bar(2, bar2_size, BarKind::Mem64 { prefetchable: true }, bar2)
+        .map_err(cfg_err)?;
+    config.set_initial_command(COMMAND_MEMORY);
+    Ok(config)
+}
+
+/// Makes a plain device a doorbell one: BAR1 with the MSI-X table and PBA,
+/// the MSI-X capability, IVPOSITION = our id, and the interrupts (our
+/// vectors' GSIs, the peers' doorbells). Returns what the event loop needs
+/// to watch the server and the masked vectors.
+fn add_doorbell(
+    parts: &mut DeviceParts,
+    joined: Joined,
+    alloc: &mut BarAllocator,
+) -> Result<(PeerConnection, PathBuf, EventFd), IvshmemError> {
+    let index = parts.index;
+    let cfg_err = |source| IvshmemError::Config { index, source };
+    let irq_err = |source| IvshmemError::Irq { index, source };
+    let bar1 = alloc
+        .mmio32
+        .alloc(BAR1_SIZE, BAR1_SIZE)
+        .ok_or(IvshmemError::NoMmio32 { index })?;
+    let mem32 = BarKind::Mem32 {
+        prefetchable: false,
+    };
+    parts
+        .config
+        .add_bar(1, BAR1_SIZE, mem32, bar1)
+        .map_err(cfg_err)?;
+    let (body, wmask) = msix_capability(
+        joined.vectors,
+        1,
+        MSIX_TABLE_OFFSET as u32,
+        1,
+        MSIX_PBA_OFFSET as u32,
+    )
+    .map_err(|source| IvshmemError::Msix { index, source })?;
+    let cap = parts
+        .config
+        .add_capability(MSIX_CAP_ID, &body, &wmask)
+        .map_err(cfg_err)?;
+    let env = &parts.env;
+    let mut interrupts = Interrupts::new(
+        env.vm.clone(),
+        env.irq.clone(),
+        joined.id,
+        joined.own,
+        env.budget.clone(),
+    )
+    .map_err(irq_err)?;
+    for (peer, fds) in joined.peers {
+        for (v, fd) in fds.into_iter().enumerate() {
+            interrupts.peer_joined(peer, v as u16, fd);
+        }
+    }
+    let watch_changed = interrupts
+        .watch_changed
+        .try_clone()
+        .map_err(|e| irq_err(IrqError::Build(e.to_string())))?;
+    parts.ivposition = joined.id;
+    parts.msix = Some((MsixState::new(joined.vectors), cap));
+    parts.interrupts = Some(interrupts);
+    Ok((joined.conn, joined.socket, watch_changed))
 }

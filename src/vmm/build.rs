@@ -1,0 +1,257 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! The steps of [`Vmm::new`](super::Vmm::new), in the order it calls them.
+//! Each step says what it must come after and why.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::sources::EventLoop;
+use super::{io_err, kvm_err, max_vcpus, VmmError};
+use crate::arch::x86_64::boot::{self, BootEntry};
+use crate::arch::x86_64::{cpuid, layout, mptable, regs};
+use crate::bus::Bus;
+use crate::config::size::format_size;
+use crate::config::{SerialChoice, VmConfig};
+use crate::devices::i8042::{ExitPort, EXIT_PORT, I8042};
+use crate::devices::ivshmem::{BarAllocator, Ivshmem, IvshmemEnv};
+use crate::devices::pci::root::PciRoot;
+use crate::devices::serial::{
+    SerialDevice, SerialInput, SerialSink, UartEvents, COM1_IRQ, COM1_PORT, COM1_PORT_LEN,
+};
+use crate::stop::VmStop;
+
+/// Where KVM puts the (Intel-only) TSS: three pages just below the BIOS area.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Refuses what this host can't give before anything is made: more vCPUs
+/// than KVM runs, more RAM than the host has.
+pub(super) fn check_host(kvm: &Kvm, config: &VmConfig) -> Result<(), VmmError> {
+    let max = max_vcpus(kvm);
+    if config.cpus > max {
+        return Err(VmmError::TooManyCpus {
+            asked: config.cpus,
+            max,
+        });
+    }
+    if let Some(host) = host_memory() {
+        if config.mem_size > host {
+            return Err(VmmError::MemTooLarge {
+                asked: format_size(config.mem_size),
+                host: format_size(host & !((1 << 30) - 1)),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Total host memory from /proc/meminfo, if it can be read.
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Guest RAM as `layout` places it (below 3 GiB, the rest above 4 GiB).
+pub(super) fn guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, VmmError> {
+    GuestMemoryMmap::<()>::from_ranges(&layout::ram_regions(mem_size)).map_err(|e| {
+        VmmError::GuestMemory {
+            size: format_size(mem_size),
+            err: e.to_string(),
+        }
+    })
+}
+
+/// One KVM memory slot per RAM region; returns the first free slot number.
+///
+/// Before the irqchip exists (see [`irqchip_and_clock`]): then a slot costs
+/// microseconds instead of an SRCU grace period.
+pub(super) fn register_ram(vm: &VmFd, guest_mem: &GuestMemoryMmap) -> Result<u32, VmmError> {
+    let mut next_slot = 0u32;
+    for region in guest_mem.iter() {
+        let slot = kvm_userspace_memory_region {
+            slot: next_slot,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `guest_mem`, which
+        // outlives the VM: `Vmm` drops it last, and `Vmm::new` creates it
+        // before the VM, so on a failed build it is dropped after the VM too.
+        unsafe { vm.set_user_memory_region(slot) }.map_err(kvm_err("registering guest RAM"))?;
+        next_slot += 1;
+    }
+    Ok(next_slot)
+}
+
+/// The kernel, initrd and command line, then the firmware tables that
+/// describe the machine to it: the MP table (and, next to it, where the
+/// ACPI tables go). The tables need only RAM and the configuration.
+pub(super) fn load_guest(
+    guest_mem: &GuestMemoryMmap,
+    config: &VmConfig,
+) -> Result<BootEntry, VmmError> {
+    let entry = boot::load_kernel(
+        guest_mem,
+        config.mem_size,
+        &config.kernel,
+        config.initrd.as_deref(),
+        &config.cmdline,
+    )?;
+    // check_host bounded the vCPU count by mptable::MAX_CPUS.
+    mptable::setup_mptable(guest_mem, config.cpus as u8)?;
+    Ok(entry)
+}
+
+/// The ivshmem devices and the PCI bus they sit on. Each opens its shared
+/// memory (or joins its server) and registers its BAR2 memory slot.
+///
+/// Before the irqchip (see [`irqchip_and_clock`]): a device needs no
+/// interrupt controller until the guest enables MSI-X, and its memory slot
+/// is cheap only while there is none.
+pub(super) fn ivshmem_devices(
+    config: &VmConfig,
+    env: &IvshmemEnv,
+    first_slot: u32,
+    events: &mut EventLoop,
+) -> Result<(PciRoot, Vec<Ivshmem>), VmmError> {
+    let mut root = PciRoot::new();
+    let mut allocator = BarAllocator::new(config.mem_size, env.phys_bits, first_slot);
+    let mut devices = Vec::with_capacity(config.ivshmem.len());
+    for (index, backing) in config.ivshmem.iter().enumerate() {
+        let dev = Ivshmem::new(index, backing, env, &mut allocator)?;
+        root.add_function(dev.function())
+            .map_err(|_| VmmError::PciFull)?;
+        if let Some(watch) = dev.subscriber() {
+            events.add(format!("ivshmem{index}"), watch);
+        }
+        devices.push(dev);
+    }
+    Ok((root, devices))
+}
+
+/// The in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT.
+///
+/// After every memory slot that exists at boot: once an irqchip exists,
+/// each memory-slot change waits for an SRCU grace period inside KVM (~7 ms
+/// here, most of the time to first guest output), while before it takes
+/// microseconds. Only a BAR2 the guest moves later pays the grace period.
+pub(super) fn irqchip_and_clock(vm: &VmFd) -> Result<(), VmmError> {
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("creating the in-kernel irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(kvm_err("creating the in-kernel PIT"))?;
+    Ok(())
+}
+
+/// COM1 (with stdin as its input when the console is stdio), the i8042
+/// reset line and the debug exit port.
+///
+/// After the irqchip: COM1's interrupt is an irqfd on its ISA GSI.
+pub(super) fn legacy_devices(
+    vm: &VmFd,
+    config: &VmConfig,
+    pio: &Bus,
+    stop: &Arc<VmStop>,
+    events: &mut EventLoop,
+) -> Result<Arc<UartEvents>, VmmError> {
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("the serial interrupt"))?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(kvm_err("wiring the serial interrupt (irqfd)"))?;
+    let drained = EventFd::new(EFD_NONBLOCK).map_err(io_err("the serial input event"))?;
+    let uart_events = Arc::new(UartEvents::new(
+        drained
+            .try_clone()
+            .map_err(io_err("the serial input event"))?,
+    ));
+    let serial = Arc::new(Mutex::new(
+        SerialDevice::new(
+            serial_irq,
+            uart_events.clone(),
+            serial_sink(&config.serial)?,
+        )
+        .map_err(io_err("the serial console"))?,
+    ));
+    pio.insert(COM1_PORT, COM1_PORT_LEN, serial.clone())?;
+    if config.serial == SerialChoice::Stdio {
+        let input =
+            SerialInput::new(serial, drained, stop.clone()).map_err(io_err("serial input"))?;
+        events.add("stdin", Arc::new(Mutex::new(input)));
+    }
+    pio.insert(
+        I8042::BASE,
+        I8042::LEN,
+        Arc::new(Mutex::new(I8042::new(stop.clone()))),
+    )?;
+    pio.insert(
+        EXIT_PORT,
+        1,
+        Arc::new(Mutex::new(ExitPort::new(stop.clone()))),
+    )?;
+    Ok(uart_events)
+}
+
+/// Where the guest's serial output goes; a file is created 0600.
+fn serial_sink(choice: &SerialChoice) -> Result<SerialSink, VmmError> {
+    Ok(match choice {
+        SerialChoice::Stdio => SerialSink::Stdout,
+        SerialChoice::None => SerialSink::Null,
+        SerialChoice::File(path) => SerialSink::File(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|err| VmmError::SerialFile {
+                    path: path.clone(),
+                    err,
+                })?,
+        ),
+    })
+}
+
+/// Every vCPU gets CPUID, MSRs, FPU and LAPIC; the first also gets the boot
+/// state. The others wait for INIT/SIPI from the guest.
+///
+/// After the irqchip: KVM gives a vCPU an in-kernel LAPIC only if the
+/// irqchip exists when the vCPU is created.
+pub(super) fn vcpus(
+    vm: &VmFd,
+    supported_cpuid: &[kvm_cpuid_entry2],
+    cpus: u32,
+    guest_mem: &GuestMemoryMmap,
+    entry: &BootEntry,
+) -> Result<Vec<VcpuFd>, VmmError> {
+    // check_host bounded the count by mptable::MAX_CPUS (a u8).
+    let num_cpus = cpus as u8;
+    let mut vcpus = Vec::with_capacity(usize::from(num_cpus));
+    for index in 0..num_cpus {
+        let vcpu = vm
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("creating a vCPU"))?;
+        cpuid::setup_cpuid(supported_cpuid, &vcpu, index, num_cpus)?;
+        regs::setup_msrs(&vcpu)?;
+        regs::setup_fpu(&vcpu)?;
+        regs::setup_lapic(&vcpu)?;
+        if index == 0 {
+            regs::setup_boot_cpu(&vcpu, guest_mem, entry)?;
+        }
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
