@@ -264,7 +264,7 @@ impl ShmBackend {
 
     /// Maps exactly `size()` bytes `MAP_SHARED`, read/write.
     pub fn map(&self) -> Result<ShmMapping, ShmError> {
-        ShmMapping::new(self.file.as_fd(), self.size).map_err(|errno| ShmError::Map {
+        ShmMapping::new(&self.file, self.size).map_err(|errno| ShmError::Map {
             what: self.what.clone(),
             size: format_size(self.size),
             errno,
