@@ -183,7 +183,7 @@ fn bad_serial_choice() {
 #[test]
 fn dev_kvm_missing() {
     if !nix_is_root() {
-        eprintln!("SKIPPED: needs root to hide /dev/kvm in a mount namespace");
+        missing("needs root to hide /dev/kvm in a mount namespace");
         return;
     }
     let k = testguest(false);
@@ -201,7 +201,7 @@ fn dev_kvm_missing() {
 #[test]
 fn dev_kvm_not_accessible() {
     if !nix_is_root() {
-        eprintln!("SKIPPED: needs root to run ivvmm as another user");
+        missing("needs root to run ivvmm as another user");
         return;
     }
     let k = testguest(false);

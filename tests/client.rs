@@ -2,6 +2,8 @@
 //! `ivvmm client` against a real `ivvmm server`: ring/wait, ping/pong,
 //! following joins and leaves, dump, errors, and QEMU as a fellow peer.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -11,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+
+use common::missing;
 
 const T: Duration = Duration::from_secs(20);
 const BIN: &str = env!("CARGO_BIN_EXE_ivvmm");
@@ -312,7 +316,7 @@ fn missing_server_is_a_clear_error() {
 fn qemu_joins_our_server_as_a_peer() {
     let qemu = "qemu-system-x86_64";
     if Command::new(qemu).arg("--version").output().is_err() {
-        eprintln!("SKIPPED: {qemu} not found; QEMU interop NOT tested");
+        missing(&format!("{qemu} not found: QEMU interop NOT tested"));
         return;
     }
     let (_srv, sock) = server(&["-n", "2", "-l", "1M"]);

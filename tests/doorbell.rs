@@ -72,9 +72,20 @@ fn wakeups_do_not_grow_with_rounds() {
         return;
     }
     let server = Server::start(&["-l", "4M"]);
-    let (short, _) = ping_pong(&server, 10, "");
-    let (long, _) = ping_pong(&server, 2000, "");
+    let (short, short_pong) = ping_pong(&server, 10, "");
+    let (long, long_pong) = ping_pong(&server, 2000, "");
     assert!(short.passed() && long.passed(), "{short:?}\n{long:?}");
+    // The doorbells really happened between the two snapshots: each round
+    // reached the pong VM as one interrupt (and its answer came back, or
+    // ping would not have passed).
+    for (pong, rounds) in [(&short_pong, "10"), (&long_pong, "2000")] {
+        assert!(pong.passed(), "{pong:?}");
+        assert_eq!(
+            pong.field("pingpong role=pong rounds=", "irqs").as_deref(),
+            Some(rounds),
+            "{pong:?}"
+        );
+    }
     let a = stats(&short, "vcpu_exits");
     let b = stats(&long, "vcpu_exits");
     // 200x the doorbells, the same exits (within the noise of serial output).

@@ -9,6 +9,7 @@
 //! each test prints `SKIPPED (PVM: no hardware virtualization)` and returns.
 //! Needs the guest images (run `scripts/setup`).
 
+mod common;
 mod linux;
 
 use linux::checks::{self, MIB4};

@@ -16,22 +16,16 @@
 mod common;
 mod linux;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{repo, wait_with_deadline};
+use common::{missing, repo, wait_with_deadline};
 use linux::checks;
 use linux::{val, Output};
 
 /// run.sh's own QEMU limit (300 s) and a retry after a stall, plus a
 /// static ivvmm build.
 const DEADLINE: Duration = Duration::from_secs(15 * 60);
-
-fn skipped(why: &str) {
-    let line = format!("SKIPPED ({why})\n");
-    let _ = std::io::stderr().write_all(line.as_bytes());
-}
 
 /// Why this test cannot run here, if it cannot.
 fn missing_prerequisite() -> Option<String> {
@@ -128,7 +122,7 @@ fn scenarios(stdout: &str) -> Vec<Scenario<'_>> {
 #[test]
 fn linux_runs_every_guest_check_in_ivvmm_on_nested_svm() {
     if let Some(why) = missing_prerequisite() {
-        skipped(&why);
+        missing(&why);
         return;
     }
     let child = Command::new(repo().join("guest/nested/run.sh"))

@@ -9,6 +9,7 @@
 //! guest/kernel/build.sh and guest/initramfs/build.sh). Without them every
 //! test fails and says so. See tests/linux/mod.rs for how images are found.
 
+mod common;
 mod linux;
 
 use linux::checks::{self, GUEST_OFFSETS, HOST_PATTERN, MIB4};

@@ -206,7 +206,7 @@ fn hugetlbfs_size_must_be_a_multiple_of_the_huge_page() {
     }
     let fs_list = fs::read_to_string("/proc/filesystems").unwrap_or_default();
     if !fs_list.contains("hugetlbfs") {
-        eprintln!("SKIPPED: this kernel has no hugetlbfs");
+        skipped("this kernel has no hugetlbfs");
         return;
     }
     let dir = std::env::temp_dir().join(unique("ivt-huge"));

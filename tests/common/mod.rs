@@ -4,6 +4,10 @@
 
 #![allow(dead_code)]
 
+pub mod skip;
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use skip::{missing, skipped};
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -48,7 +52,9 @@ pub fn require_kvm() -> bool {
     {
         Ok(_) => true,
         Err(e) if std::env::var_os("IVVMM_SKIP_KVM_TESTS").is_some() => {
-            eprintln!("SKIPPED: this test boots a VM and /dev/kvm is not usable ({e})");
+            skipped(&format!(
+                "this test boots a VM and /dev/kvm is not usable: {e}"
+            ));
             false
         }
         Err(e) => panic!(

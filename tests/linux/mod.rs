@@ -15,7 +15,7 @@
 pub mod checks;
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -85,13 +85,7 @@ fn require_qemu() {
     });
 }
 
-/// The one line a skipped test prints, straight to stderr so that
-/// `cargo test` shows it without --nocapture; one write, so that it does
-/// not interleave with the harness's own lines.
-fn skipped(why: &str) {
-    let line = format!("SKIPPED ({why})\n");
-    let _ = std::io::stderr().write_all(line.as_bytes());
-}
+use crate::common::skipped;
 
 /// Whether a test that boots Linux in ivvmm must skip: on PVM (no
 /// VMX/SVM, `/sys/module/kvm_pvm`) no Linux boots, so it prints

@@ -1,0 +1,35 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! How a test that cannot run here says so; never a silent pass.
+//!
+//! - [`skipped`]: what this machine lacks and no script can install
+//!   (hardware KVM, a kernel without hugetlbfs). One `SKIPPED (why)` line on
+//!   stderr, written past cargo's output capture, and the same line appended
+//!   to `$IVVMM_SKIP_LOG`, from which `scripts/test` prints its summary.
+//! - [`missing`]: a prerequisite `scripts/setup` provides (QEMU, the guest
+//!   kernels, root where CI runs as root). Under `CI=true` its absence fails
+//!   the test; elsewhere it is skipped as above.
+
+use std::io::Write;
+
+pub fn skipped(why: &str) {
+    let line = format!("SKIPPED ({why})\n");
+    // One write, so that it does not interleave with the harness's lines.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    if let Some(log) = std::env::var_os("IVVMM_SKIP_LOG") {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log);
+        if let Ok(mut file) = file {
+            let _ = file.write_all(line.as_bytes());
+        }
+    }
+}
+
+pub fn missing(what: &str) {
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "{what}; scripts/setup provides it, so under CI=true this is a failure, not a skip"
+    );
+    skipped(what);
+}
