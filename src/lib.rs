@@ -12,6 +12,7 @@ pub mod devices;
 pub mod irq;
 pub mod logger;
 pub mod protocol;
+pub mod sandbox;
 pub mod server;
 pub mod vcpu;
 pub mod vmm;
