@@ -19,6 +19,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable};
 
 use crate::bus::Bus;
+use crate::sandbox::{self, SeccompMode, StartGate, ThreadKind};
 use crate::vmm::stop::{StopReason, VmStop};
 
 /// Exits that reached VMM userspace, by kind. Everything the doorbell path
@@ -101,6 +102,10 @@ pub struct VcpuContext {
     /// Size of each vCPU's kvm_run mapping (KVM_GET_VCPU_MMAP_SIZE); port
     /// I/O data lives inside it, usually on its second page.
     pub run_mmap_size: usize,
+    /// Each vCPU thread confines itself with the vCPU filter, then waits
+    /// here until the event-loop thread is confined too.
+    pub seccomp: SeccompMode,
+    pub start: Arc<StartGate>,
 }
 
 thread_local! {
@@ -158,6 +163,14 @@ pub fn spawn(vcpu: VcpuFd, index: u8, ctx: VcpuContext) -> io::Result<VcpuHandle
 }
 
 fn run_loop(mut vcpu: VcpuFd, index: u8, ctx: &VcpuContext) {
+    if let Err(e) = sandbox::install(ThreadKind::Vcpu, ctx.seccomp) {
+        ctx.stop
+            .request(StopReason::Fatal(format!("vCPU {index}: {e}")));
+        return;
+    }
+    if !ctx.start.wait() {
+        return;
+    }
     KVM_RUN.with(|cell| cell.set(vcpu.get_kvm_run() as *mut kvm_run));
     while !ctx.stop.is_stopping() {
         if let Some(reason) = run_once(&mut vcpu, index, ctx) {

@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::cli::size::parse_pow2_size;
 use crate::devices::ivshmem::memory::ShmSource;
+use crate::sandbox::{self, SandboxError, SeccompMode, ThreadKind};
 use crate::server::{Pidfile, Server, ServerConfig, ServerError, MAX_VECTORS};
 
 /// What differs from QEMU's contrib/ivshmem-server (also in docs/server.md).
@@ -67,6 +68,10 @@ pub struct ServerArgs {
     /// Log debug details too (fds, greeting sizes, full sockets)
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
+    /// Seccomp sandbox once listening: on (a syscall outside the filter
+    /// stops the server, exit 159), log (allowed, logged by the kernel), off
+    #[arg(long, value_enum, value_name = "on|log|off", default_value = "on")]
+    pub seccomp: SeccompMode,
 }
 
 /// Why `ivvmm server` failed.
@@ -82,6 +87,8 @@ pub enum Error {
     Daemon(nix::Error),
     #[error("the background server failed to start; run it without -D to see why")]
     DaemonStart,
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
 }
 
 fn parse_shm_size(text: &str) -> Result<u64, String> {
@@ -139,6 +146,8 @@ pub fn run(args: ServerArgs) -> Result<(), Error> {
         // The parent exits 0 once it reads this; if it cannot, it exits 1.
         let _ = (&ready).write_all(b"1");
     }
+    // Set-up is done: from the first peer on, only the server's syscalls.
+    sandbox::install(ThreadKind::Server, args.seccomp)?;
     server.run(signals.as_fd())?;
     if let Ok(Some(info)) = signals.read_signal() {
         log::info!("stopped by signal {}", info.ssi_signo);

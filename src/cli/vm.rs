@@ -7,6 +7,7 @@ use clap::Args;
 use thiserror::Error;
 
 use crate::cli::size::{format_size, parse_pow2_size, parse_size, SizeError};
+use crate::sandbox::SeccompMode;
 
 /// What every guest gets on its command line unless `--no-default-cmdline`:
 /// the console on COM1, `reboot=k` so a guest reboot resets through the
@@ -84,6 +85,11 @@ pub struct VmArgs {
     /// Print exit and event counters when the VM stops (also on SIGUSR1).
     #[arg(long)]
     pub stats: bool,
+
+    /// Seccomp sandbox: on (a syscall outside the filters stops the VM,
+    /// exit 159), log (allowed, logged by the kernel), off.
+    #[arg(long, value_enum, value_name = "on|log|off", default_value = "on")]
+    pub seccomp: SeccompMode,
 }
 
 /// Where the guest's serial output goes.
@@ -122,6 +128,7 @@ pub struct VmConfig {
     pub serial: SerialChoice,
     pub ivshmem: Vec<IvshmemBacking>,
     pub stats: bool,
+    pub seccomp: SeccompMode,
 }
 
 /// A flag that can't be turned into a configuration (exit status 2).
@@ -214,6 +221,7 @@ impl VmArgs {
             serial,
             ivshmem,
             stats: self.stats,
+            seccomp: self.seccomp,
         })
     }
 }

@@ -150,6 +150,15 @@ fn runtime() -> Vec<Allow> {
             "log lines on stderr, eventfd signals",
         ),
         any(libc::SYS_close, "close", "dropped fds"),
+        when(
+            libc::SYS_fcntl,
+            "fcntl(F_GETFD)",
+            "Rust checks an fd is open before closing it (debug builds)",
+            vec![Cond::Eq {
+                arg: 1,
+                value: libc::F_GETFD as u64,
+            }],
+        ),
         any(
             libc::SYS_clock_gettime,
             "clock_gettime",

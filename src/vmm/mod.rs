@@ -35,6 +35,7 @@ use crate::devices::serial::{
     SerialDevice, SerialInput, SerialSink, UartEvents, COM1_IRQ, COM1_PORT, COM1_PORT_LEN,
 };
 use crate::irq::IrqRouting;
+use crate::sandbox::{self, SeccompMode, StartGate, ThreadKind};
 use crate::vcpu::{self, ExitCounters, UnhandledLog, VcpuContext};
 use events::{Counted, LoopCounters, PvmHint, SignalHandler, StopWatcher};
 use stop::{StopReason, VmStop};
@@ -340,6 +341,8 @@ impl Vmm {
             counters: Arc::new(ExitCounters::default()),
             unhandled: Arc::new(UnhandledLog::default()),
             run_mmap_size,
+            seccomp: config.seccomp,
+            start: Arc::new(StartGate::default()),
         };
         event_manager.add_subscriber(Counted::wrap(
             "stop",
@@ -402,6 +405,17 @@ impl Vmm {
                 }
             }
         }
+        // Confined last (it spawned the vCPUs); then the guest may run.
+        let confined = sandbox::install(ThreadKind::Vmm, self.ctx.seccomp);
+        if let Err(e) = &confined {
+            self.stop.request(StopReason::Fatal(e.to_string()));
+        }
+        if self.ctx.seccomp == SeccompMode::Log {
+            log::info!("seccomp: log mode: syscalls outside the filters are allowed and reported in the kernel log (dmesg, audit)");
+        }
+        self.ctx
+            .start
+            .open(confined.is_ok() && !self.stop.is_stopping());
 
         while !self.stop.is_stopping() {
             // EINTR is absorbed by the event manager; anything else (a broken
