@@ -141,13 +141,17 @@ pub fn run(args: ServerArgs) -> Result<(), Error> {
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(Error::Signals)?;
     let pidfile = pidfile_path.as_deref().map(Pidfile::write).transpose()?;
-    if let Some(ready) = ready {
+    if ready.is_some() {
         detach_stdio();
+    }
+    // Set-up is done: from the first peer on, only the server's syscalls.
+    // (A daemon that can't install it never reports ready: its parent
+    // then says to run in the foreground to see why.)
+    sandbox::install(ThreadKind::Server, args.seccomp)?;
+    if let Some(ready) = ready {
         // The parent exits 0 once it reads this; if it cannot, it exits 1.
         let _ = (&ready).write_all(b"1");
     }
-    // Set-up is done: from the first peer on, only the server's syscalls.
-    sandbox::install(ThreadKind::Server, args.seccomp)?;
     server.run(signals.as_fd())?;
     if let Ok(Some(info)) = signals.read_signal() {
         log::info!("stopped by signal {}", info.ssi_signo);
