@@ -15,6 +15,7 @@ pub mod devices;
 pub mod irq;
 pub mod logger;
 pub mod protocol;
+pub mod sandbox;
 pub mod server;
 pub mod shm;
 pub mod stop;

@@ -8,6 +8,12 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+/// The real-time signal that carries a stop into vCPU threads: it kicks
+/// them out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
 /// Turns SIGINT, SIGTERM and `extra` into events: blocks them in the calling
 /// thread (threads it starts later inherit the mask, so no other thread
 /// takes them) and returns a non-blocking signalfd that reads them. Call it

@@ -19,7 +19,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable};
 
 use crate::bus::Bus;
-use crate::stop::{StopReason, VmStop};
+use crate::sandbox::{self, SeccompMode, StartGate, ThreadKind};
+use crate::stop::{kick_signal, StopReason, VmStop};
 
 /// Exits that reached VMM userspace, by kind. Everything the doorbell path
 /// must *not* cause shows up here (see `--stats`).
@@ -101,16 +102,15 @@ pub struct VcpuContext {
     /// Size of each vCPU's kvm_run mapping (KVM_GET_VCPU_MMAP_SIZE); port
     /// I/O data lives inside it, usually on its second page.
     pub run_mmap_size: usize,
+    /// Each vCPU thread confines itself with the vCPU filter, then waits
+    /// here until the event-loop thread is confined too.
+    pub seccomp: SeccompMode,
+    pub start: Arc<StartGate>,
 }
 
 thread_local! {
     /// This thread's `kvm_run`, for the kick signal handler.
     static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
-}
-
-/// The real-time signal used to kick vCPU threads out of KVM_RUN.
-pub fn kick_signal() -> i32 {
-    vmm_sys_util::signal::SIGRTMIN()
 }
 
 extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -158,6 +158,14 @@ pub fn spawn(vcpu: VcpuFd, index: u8, ctx: VcpuContext) -> io::Result<VcpuHandle
 }
 
 fn run_loop(mut vcpu: VcpuFd, index: u8, ctx: &VcpuContext) {
+    if let Err(e) = sandbox::install(ThreadKind::Vcpu, ctx.seccomp) {
+        ctx.stop
+            .request(StopReason::Fatal(format!("vCPU {index}: {e}")));
+        return;
+    }
+    if !ctx.start.wait() {
+        return;
+    }
     KVM_RUN.with(|cell| cell.set(vcpu.get_kvm_run() as *mut kvm_run));
     while !ctx.stop.is_stopping() {
         if let Some(reason) = run_once(&mut vcpu, index, ctx) {

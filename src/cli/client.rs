@@ -13,6 +13,7 @@ use thiserror::Error;
 use crate::client::pingpong::WaitMode;
 use crate::client::{Client, ClientError};
 use crate::config::size::parse_size;
+use crate::sandbox::{self, SandboxError, SeccompMode, ThreadKind};
 use crate::stop::signals_as_events;
 
 /// `ivvmm client`: a host process that joins an ivshmem server as a peer.
@@ -27,6 +28,10 @@ pub struct ClientArgs {
     /// How long joining the server may take
     #[arg(long = "connect-timeout", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Seccomp sandbox once joined: on (a syscall outside the filter stops
+    /// the client, exit 159), log (allowed, logged by the kernel), off
+    #[arg(long, value_enum, value_name = "on|log|off", default_value = "on")]
+    pub seccomp: SeccompMode,
     /// What to do; without one, print our id and peers and follow joins and
     /// leaves until interrupted
     #[command(subcommand)]
@@ -88,6 +93,8 @@ pub enum Error {
     Signals(nix::Error),
     #[error("cannot write the output: {0}")]
     Output(#[from] io::Error),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
 }
 
 /// Parses `5s`, `500ms`, `250us`, `2m`, `1.5s` or a plain number of seconds.
@@ -127,6 +134,8 @@ pub fn run(args: ClientArgs) -> Result<(), Error> {
     let stop = Some(signals.as_fd());
 
     let mut client = Client::join(&args.socket, args.vectors, args.connect_timeout)?;
+    // Joined: from here on, only the client's syscalls.
+    sandbox::install(ThreadKind::Client, args.seccomp)?;
     let mut out = io::stdout().lock();
     writeln!(out, "{}", client.summary())?;
     out.flush()?;

@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::config::size::parse_pow2_size;
 use crate::protocol::MAX_SERVER_VECTORS;
+use crate::sandbox::{self, SandboxError, SeccompMode, ThreadKind};
 use crate::server::{Pidfile, Server, ServerConfig, ServerError};
 use crate::shm::ShmSource;
 use crate::stop::signals_as_events;
@@ -67,6 +68,10 @@ pub struct ServerArgs {
     /// Log debug details too (fds, greeting sizes, full sockets)
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
+    /// Seccomp sandbox once listening: on (a syscall outside the filter
+    /// stops the server, exit 159), log (allowed, logged by the kernel), off
+    #[arg(long, value_enum, value_name = "on|log|off", default_value = "on")]
+    pub seccomp: SeccompMode,
 }
 
 /// Why `ivvmm server` failed.
@@ -82,6 +87,8 @@ pub enum Error {
     Daemon(nix::Error),
     #[error("the background server failed to start; run it without -D to see why")]
     DaemonStart,
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
 }
 
 fn parse_shm_size(text: &str) -> Result<u64, String> {
@@ -129,8 +136,14 @@ pub fn run(args: ServerArgs) -> Result<(), Error> {
         None
     };
     let pidfile = pidfile_path.as_deref().map(Pidfile::write).transpose()?;
-    if let Some(ready) = ready {
+    if ready.is_some() {
         detach_stdio();
+    }
+    // Set-up is done: from the first peer on, only the server's syscalls.
+    // (A daemon that can't install it never reports ready: its parent
+    // then says to run in the foreground to see why.)
+    sandbox::install(ThreadKind::Server, args.seccomp)?;
+    if let Some(ready) = ready {
         // The parent exits 0 once it reads this; if it cannot, it exits 1.
         let _ = (&ready).write_all(b"1");
     }

@@ -7,7 +7,9 @@ use clap::Args;
 use thiserror::Error;
 
 use crate::config::size::{parse_pow2_size, parse_size, SizeError};
-use crate::config::{IvshmemBacking, SerialChoice, VmConfig, DEFAULT_SHM_SIZE, MIN_SHM_SIZE};
+use crate::config::{
+    IvshmemBacking, SeccompMode, SerialChoice, VmConfig, DEFAULT_SHM_SIZE, MIN_SHM_SIZE,
+};
 use crate::devices::ivshmem::MAX_VECTORS;
 
 /// What every guest gets on its command line unless `--no-default-cmdline`:
@@ -78,6 +80,11 @@ pub struct VmArgs {
     /// Print exit and event counters when the VM stops (also on SIGUSR1).
     #[arg(long)]
     pub stats: bool,
+
+    /// Seccomp sandbox: on (a syscall outside the filters stops the VM,
+    /// exit 159), log (allowed, logged by the kernel), off.
+    #[arg(long, value_enum, value_name = "on|log|off", default_value = "on")]
+    pub seccomp: SeccompMode,
 }
 
 /// A flag that can't be turned into a configuration (exit status 2).
@@ -173,6 +180,7 @@ impl VmArgs {
             serial,
             ivshmem,
             stats: self.stats,
+            seccomp: self.seccomp,
         })
     }
 }

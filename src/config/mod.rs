@@ -7,6 +7,8 @@ pub mod size;
 
 use std::path::PathBuf;
 
+pub use crate::sandbox::SeccompMode;
+
 /// Smallest ivshmem region (one page), as QEMU.
 pub const MIN_SHM_SIZE: u64 = 4096;
 /// Default ivshmem size, as QEMU's ivshmem-server.
@@ -48,4 +50,5 @@ pub struct VmConfig {
     pub serial: SerialChoice,
     pub ivshmem: Vec<IvshmemBacking>,
     pub stats: bool,
+    pub seccomp: SeccompMode,
 }

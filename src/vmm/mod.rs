@@ -27,6 +27,7 @@ use crate::devices::ivshmem::{Ivshmem, IvshmemEnv, IvshmemError};
 use crate::devices::pci::root::{CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN};
 use crate::devices::serial::UartEvents;
 use crate::irq::IrqRouting;
+use crate::sandbox::{self, SeccompMode, StartGate, ThreadKind};
 use crate::stop::{StopReason, VmStop};
 use crate::vcpu::{self, ExitCounters, UnhandledLog, VcpuContext};
 use sources::{EventLoop, PvmHint, SignalHandler, StopWatcher};
@@ -185,6 +186,8 @@ impl Vmm {
             run_mmap_size: kvm
                 .get_vcpu_mmap_size()
                 .map_err(kvm_err("KVM_GET_VCPU_MMAP_SIZE"))?,
+            seccomp: config.seccomp,
+            start: Arc::new(StartGate::default()),
         };
         events.add("stop", Arc::new(Mutex::new(StopWatcher::new(stop.clone()))));
 
@@ -240,6 +243,17 @@ impl Vmm {
                 }
             }
         }
+        // Confined last (it spawned the vCPUs); then the guest may run.
+        let confined = sandbox::install(ThreadKind::Vmm, self.ctx.seccomp);
+        if let Err(e) = &confined {
+            self.stop.request(StopReason::Fatal(e.to_string()));
+        }
+        if self.ctx.seccomp == SeccompMode::Log {
+            log::info!("seccomp: log mode: syscalls outside the filters are allowed and reported in the kernel log (dmesg, audit)");
+        }
+        self.ctx
+            .start
+            .open(confined.is_ok() && !self.stop.is_stopping());
 
         while !self.stop.is_stopping() {
             // EINTR is absorbed by the event manager; anything else (a broken
