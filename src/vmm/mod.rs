@@ -23,10 +23,11 @@ use thiserror::Error;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::arch::x86_64::{boot, cpuid, layout, mptable, regs};
+use crate::arch::x86_64::{acpi, boot, cpuid, layout, mptable, regs};
 use crate::bus::{Bus, BusError};
 use crate::cli::size::format_size;
 use crate::cli::vm::{SerialChoice, VmConfig};
+use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::i8042::{ExitPort, EXIT_PORT, I8042};
 use crate::devices::ivshmem::doorbell::IoeventfdBudget;
 use crate::devices::ivshmem::{self, Ivshmem, IvshmemEnv, IvshmemError};
@@ -68,6 +69,8 @@ pub enum VmmError {
     Cpuid(#[from] cpuid::CpuidError),
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
     Ivshmem(#[from] IvshmemError),
     #[error(
@@ -305,6 +308,16 @@ impl Vmm {
             EXIT_PORT,
             1,
             Arc::new(Mutex::new(ExitPort::new(stop.clone()))),
+        )?;
+
+        // ACPI tables (the MP table above stays, for kernels without ACPI or
+        // booted with acpi=off) and the power device their FADT names:
+        // poweroff (S5) and the reset register stop the VM with status 0.
+        acpi::setup_acpi(&guest_mem, num_cpus, config.mem_size, phys_bits)?;
+        pio.insert(
+            u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
+            u64::from(layout::ACPI_PM_PORTS_LEN),
+            Arc::new(Mutex::new(AcpiPm::new(stop.clone()))),
         )?;
 
         pio.insert(
