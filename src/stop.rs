@@ -36,8 +36,11 @@ pub fn signals_as_events(extra: &[Signal]) -> nix::Result<SignalFd> {
 pub enum StopReason {
     /// The guest wrote a byte to the debug exit port.
     ExitPort(u8),
-    /// The guest reset the machine (i8042 reset line, `reboot=k`).
+    /// The guest reset the machine (i8042 reset line, `reboot=k`, or the
+    /// ACPI reset register).
     Reset,
+    /// The guest powered off: ACPI S5 through the FADT sleep control register.
+    PowerOff,
     /// The guest triple-faulted (KVM_EXIT_SHUTDOWN), which is how a CPU resets.
     TripleFault,
     /// KVM reported a guest-initiated shutdown or reset system event.
@@ -56,6 +59,7 @@ impl StopReason {
         match self {
             StopReason::ExitPort(code) => i32::from(*code),
             StopReason::Reset
+            | StopReason::PowerOff
             | StopReason::TripleFault
             | StopReason::SystemEvent(_)
             | StopReason::UserQuit => 0,
@@ -69,6 +73,7 @@ impl StopReason {
         match self {
             StopReason::ExitPort(code) => format!("guest wrote {code} to the exit port"),
             StopReason::Reset => "guest reset the machine".to_string(),
+            StopReason::PowerOff => "guest powered off (ACPI S5)".to_string(),
             StopReason::TripleFault => "guest triple-faulted (CPU reset)".to_string(),
             StopReason::SystemEvent(t) => format!("guest system event {t}"),
             StopReason::UserQuit => "user quit (Ctrl-A x)".to_string(),
@@ -139,6 +144,7 @@ mod tests {
         assert_eq!(StopReason::ExitPort(0).exit_code(), 0);
         assert_eq!(StopReason::ExitPort(42).exit_code(), 42);
         assert_eq!(StopReason::Reset.exit_code(), 0);
+        assert_eq!(StopReason::PowerOff.exit_code(), 0);
         assert_eq!(StopReason::TripleFault.exit_code(), 0);
         assert_eq!(StopReason::Signal(15).exit_code(), 143);
         assert_eq!(StopReason::Fatal("x".into()).exit_code(), 1);

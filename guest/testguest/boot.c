@@ -4,6 +4,7 @@
 #include "common.h"
 
 /* boot_params (zero page) offsets, Documentation/arch/x86/zero-page.rst */
+#define BP_ACPI_RSDP_ADDR	0x070
 #define BP_EXT_RAMDISK_IMAGE	0x0c0
 #define BP_EXT_RAMDISK_SIZE	0x0c4
 #define BP_EXT_CMD_LINE_PTR	0x0c8
@@ -19,6 +20,7 @@
 #define PVH_NR_MODULES		12
 #define PVH_MODLIST_PADDR	16
 #define PVH_CMDLINE_PADDR	24
+#define PVH_RSDP_PADDR		32
 #define PVH_MEMMAP_PADDR	40
 #define PVH_MEMMAP_ENTRIES	48
 #define PVH_MEMMAP_ENTRY_SIZE	24
@@ -60,12 +62,14 @@ void boot_parse(u32 kind, u64 info)
 {
 	boot.kind = kind;
 	boot.e820_count = 0;
+	boot.rsdp = 0;
 	if (kind == BOOT_PVH) {
 		if (rd32(info) != PVH_MAGIC) {
 			copy_cmdline(0);
 			fail("hvm_start_info magic is 0x%x, want 0x%x", rd32(info), PVH_MAGIC);
 		}
 		copy_cmdline(rd64(info + PVH_CMDLINE_PADDR));
+		boot.rsdp = rd64(info + PVH_RSDP_PADDR);
 		/* The first module is the initrd: {u64 paddr, u64 size, ...}. */
 		u64 mods = rd64(info + PVH_MODLIST_PADDR);
 		if (rd32(info + PVH_NR_MODULES) && mods) {
@@ -82,6 +86,7 @@ void boot_parse(u32 kind, u64 info)
 	}
 	u64 cmd = rd32(info + BP_CMD_LINE_PTR) | ((u64)rd32(info + BP_EXT_CMD_LINE_PTR) << 32);
 	copy_cmdline(cmd);
+	boot.rsdp = rd64(info + BP_ACPI_RSDP_ADDR);
 	boot.initrd_addr = rd32(info + BP_RAMDISK_IMAGE) |
 			   ((u64)rd32(info + BP_EXT_RAMDISK_IMAGE) << 32);
 	boot.initrd_size = rd32(info + BP_RAMDISK_SIZE) |

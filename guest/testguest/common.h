@@ -107,6 +107,7 @@ struct boot_info {
 	u32 e820_count;
 	struct e820_entry e820[E820_MAX];
 	u64 initrd_addr, initrd_size;	/* 0, 0 without an initrd */
+	u64 rsdp;		/* ACPI RSDP the loader named, 0 if none */
 };
 extern struct boot_info boot;
 void boot_parse(u32 kind, u64 info);

@@ -2,6 +2,7 @@
 // ivshmem plain-mode memory cases: data (host <-> guest patterns at every
 // access width), move (BAR2 and BAR0 reprogrammed), decode (command register
 // memory enable).
+#include "acpi.h"
 #include "ivshmem.h"
 #include "mm.h"
 #include "tests.h"
@@ -121,8 +122,27 @@ void test_ivshmem_move(void)
 	struct pci_bar *b2 = &d->bar[2], *b0 = &d->bar[0];
 	bool ok = true;
 
+	/*
+	 * window=acpi-low|acpi-high: the default targets are the lowest or
+	 * highest free aligned ranges of the PCI host bridge windows the DSDT
+	 * gives (BAR2 in the 64-bit one, BAR0 in the 32-bit one), as an OS
+	 * that assigns BARs itself would pick them.
+	 */
+	struct acpi_info acpi;
+	bool from_acpi = param_is("window", "acpi-low") || param_is("window", "acpi-high");
+	bool high = param_is("window", "acpi-high");
+	if (param("window") && !from_acpi)
+		fail("window= must be acpi-low or acpi-high");
+	if (from_acpi && !acpi_read(&acpi))
+		fail("window=: no ACPI RSDP found");
+	if (from_acpi)
+		kprintf("move window=%s mmio32=0x%lx-0x%lx mmio64=0x%lx-0x%lx\n",
+			high ? "acpi-high" : "acpi-low", acpi.m32_min, acpi.m32_max, acpi.m64_min,
+			acpi.m64_max);
+
 	u64 old2 = b2->addr, size2 = b2->size;
-	u64 new2 = param_u64("bar2_to", align_up(old2 + 2 * size2, size2));
+	u64 new2 = param_u64("bar2_to", from_acpi ? acpi_free_bar_range(&acpi, b2->is64, size2, high)
+						 : align_up(old2 + 2 * size2, size2));
 	if (new2 & (size2 - 1))
 		fail("bar2_to=0x%lx is not aligned to the BAR size 0x%lx", new2, size2);
 	if (!b2->is64 && new2 + size2 > 0x100000000ull)
@@ -137,11 +157,12 @@ void test_ivshmem_move(void)
 	pci_bar_probe(d->f, 2, &now);
 	ok &= check("bar2_readback", now.addr, new2);
 	ok &= check("bar2_size_kept", now.size, size2);
-	ok &= host_patterns_at(new2, size2, "bar2_new_pattern");
+	ok &= host_patterns_at(phys_to_virt(new2), size2, "bar2_new_pattern");
 	ok &= check("bar2_old_unmapped", mmio_read64(old2), unmapped_value(~0ull));
 
 	u64 old0 = b0->addr, size0 = b0->size;
-	u64 new0 = param_u64("bar0_to", align_up(old0 + 2 * size0, size0));
+	u64 new0 = param_u64("bar0_to", from_acpi ? acpi_free_bar_range(&acpi, false, size0, high)
+						 : align_up(old0 + 2 * size0, size0));
 	if (new0 & (size0 - 1))
 		fail("bar0_to=0x%lx is not aligned to the BAR size 0x%lx", new0, size0);
 	if (hits_fixed_devices(new0, size0))

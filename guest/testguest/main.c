@@ -33,6 +33,9 @@ static const struct test_case tests[] = {
 	{ "pingpong", test_pingpong, true },
 	{ "msix-mask", test_msix_mask, true },
 	{ "doorbell-bad", test_doorbell_bad, true },
+	{ "acpi", test_acpi, true },
+	{ "acpi-poweroff", test_acpi_poweroff, true },
+	{ "acpi-reset", test_acpi_reset, true },
 };
 
 NORETURN void exit_vm(u8 code)

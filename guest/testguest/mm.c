@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 // On-demand identity mapping. head.S maps the low 4 GiB statically; BARs in
-// the 64-bit window (anywhere below 2^46 on ivvmm) get mapped here when a
-// test touches them. Page-table pages come from a pool and are zeroed one by
-// one when taken, so boot never pays for them.
+// the 64-bit window (anywhere below 2^48: see phys_to_virt) get mapped here
+// when a test touches them. Page-table pages come from a pool and are zeroed
+// one by one when taken, so boot never pays for them.
 #include "mm.h"
 
 #define PT_POOL_PAGES	32
@@ -68,6 +68,8 @@ void map_range(u64 addr, u64 size)
 	if (end < addr || end > (1ull << phys_addr_bits()))
 		fail("cannot map 0x%lx+0x%lx: beyond %u physical address bits", addr, size,
 		     phys_addr_bits());
+	if (end > MAPPABLE_END)
+		fail("cannot map 0x%lx+0x%lx: 4-level paging reaches 2^48", addr, size);
 	if (end <= 4 * GIB)
 		return;	/* static map in head.S */
 	if (addr < 4 * GIB)

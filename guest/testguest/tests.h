@@ -22,5 +22,8 @@ void test_ivshmem_bw(void);
 void test_pingpong(void);
 void test_msix_mask(void);
 void test_doorbell_bad(void);
+void test_acpi(void);
+void test_acpi_poweroff(void);
+void test_acpi_reset(void);
 
 #endif

@@ -14,9 +14,11 @@ use crate::devices::ivshmem::MAX_VECTORS;
 
 /// What every guest gets on its command line unless `--no-default-cmdline`:
 /// the console on COM1, `reboot=k` so a guest reboot resets through the
-/// i8042 (which ends the VM), `panic=1` so a panic becomes a reboot, and no
-/// ACPI (ivvmm describes the machine with an MP table).
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 acpi=off pci=conf1";
+/// i8042 (which ends the VM), `panic=1` so a panic becomes a reboot, and
+/// `pci=conf1` (configuration mechanism #1, there is no MCFG). ACPI stays on:
+/// ivvmm gives both ACPI tables and an MP table, and `acpi=off` in
+/// `--cmdline` selects the MP table.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=conf1";
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct VmArgs {
@@ -29,7 +31,7 @@ pub struct VmArgs {
     pub initrd: Option<PathBuf>,
 
     /// Extra kernel command-line words, appended to the default
-    /// ("console=ttyS0 reboot=k panic=1 acpi=off pci=conf1"); later words win.
+    /// ("console=ttyS0 reboot=k panic=1 pci=conf1"); later words win.
     #[arg(long, value_name = "STR", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
 

@@ -16,10 +16,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::sources::EventLoop;
 use super::{io_err, kvm_err, max_vcpus, VmmError};
 use crate::arch::x86_64::boot::{self, BootEntry};
-use crate::arch::x86_64::{cpuid, layout, mptable, regs};
+use crate::arch::x86_64::{acpi, cpuid, layout, mptable, regs};
 use crate::bus::Bus;
 use crate::config::size::format_size;
 use crate::config::{SerialChoice, VmConfig};
+use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::i8042::{ExitPort, EXIT_PORT, I8042};
 use crate::devices::ivshmem::{BarAllocator, Ivshmem, IvshmemEnv};
 use crate::devices::pci::root::PciRoot;
@@ -94,11 +95,14 @@ pub(super) fn register_ram(vm: &VmFd, guest_mem: &GuestMemoryMmap) -> Result<u32
 }
 
 /// The kernel, initrd and command line, then the firmware tables that
-/// describe the machine to it: the MP table (and, next to it, where the
-/// ACPI tables go). The tables need only RAM and the configuration.
+/// describe the machine to it: the MP table, for kernels without ACPI or
+/// booted with `acpi=off`, and the ACPI tables (whose PCI windows depend on
+/// the guest's physical address width). The tables need only RAM and the
+/// configuration; the power device their FADT names is a legacy device.
 pub(super) fn load_guest(
     guest_mem: &GuestMemoryMmap,
     config: &VmConfig,
+    phys_bits: u8,
 ) -> Result<BootEntry, VmmError> {
     let entry = boot::load_kernel(
         guest_mem,
@@ -108,7 +112,9 @@ pub(super) fn load_guest(
         &config.cmdline,
     )?;
     // check_host bounded the vCPU count by mptable::MAX_CPUS.
-    mptable::setup_mptable(guest_mem, config.cpus as u8)?;
+    let num_cpus = config.cpus as u8;
+    mptable::setup_mptable(guest_mem, num_cpus)?;
+    acpi::setup_acpi(guest_mem, num_cpus, config.mem_size, phys_bits)?;
     Ok(entry)
 }
 
@@ -160,7 +166,8 @@ pub(super) fn irqchip_and_clock(vm: &VmFd) -> Result<(), VmmError> {
 }
 
 /// COM1 (with stdin as its input when the console is stdio), the i8042
-/// reset line and the debug exit port.
+/// reset line, the debug exit port and the ACPI power device (poweroff and
+/// the FADT reset register stop the VM with status 0).
 ///
 /// After the irqchip: COM1's interrupt is an irqfd on its ISA GSI.
 pub(super) fn legacy_devices(
@@ -202,6 +209,11 @@ pub(super) fn legacy_devices(
         EXIT_PORT,
         1,
         Arc::new(Mutex::new(ExitPort::new(stop.clone()))),
+    )?;
+    pio.insert(
+        u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
+        u64::from(layout::ACPI_PM_PORTS_LEN),
+        Arc::new(Mutex::new(AcpiPm::new(stop.clone()))),
     )?;
     Ok(uart_events)
 }

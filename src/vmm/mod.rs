@@ -19,7 +19,7 @@ use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 
-use crate::arch::x86_64::{boot, cpuid, mptable, regs};
+use crate::arch::x86_64::{acpi, boot, cpuid, mptable, regs};
 use crate::bus::{Bus, BusError};
 use crate::config::{SerialChoice, VmConfig};
 use crate::devices::ivshmem::interrupts::IoeventfdBudget;
@@ -58,6 +58,8 @@ pub enum VmmError {
     Cpuid(#[from] cpuid::CpuidError),
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
     Ivshmem(#[from] IvshmemError),
     #[error(
@@ -150,19 +152,20 @@ impl Vmm {
         let guest_mem = build::guest_memory(config.mem_size)?;
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
         let first_device_slot = build::register_ram(&vm, &guest_mem)?;
-        let entry = build::load_guest(&guest_mem, config)?;
+        let supported_cpuid = cpuid::supported(&kvm)?;
+        let phys_bits = cpuid::phys_bits(&supported_cpuid);
+        let entry = build::load_guest(&guest_mem, config, phys_bits)?;
 
         let stop = Arc::new(VmStop::new().map_err(io_err("the stop event"))?);
         let pio = Arc::new(Bus::new("port I/O"));
         let mmio = Arc::new(Bus::new("MMIO"));
         let mut events = EventLoop::new()?;
-        let supported_cpuid = cpuid::supported(&kvm)?;
         let env = IvshmemEnv {
             vm: vm.clone(),
             mmio: mmio.clone(),
             irq: Arc::new(IrqRouting::new()),
             mem_size: config.mem_size,
-            phys_bits: cpuid::phys_bits(&supported_cpuid),
+            phys_bits,
             budget: Arc::new(IoeventfdBudget::default()),
         };
         // Devices with memory slots before the irqchip (see irqchip_and_clock).

@@ -223,7 +223,7 @@ impl Vm {
 
     /// The guest under ivvmm (hardware KVM only: see
     /// [`skip_linux_in_ivvmm`]). ivvmm's default command line already has
-    /// `console=ttyS0 reboot=k panic=1 acpi=off pci=conf1`; `reboot -f`
+    /// `console=ttyS0 reboot=k panic=1 pci=conf1`; `reboot -f`
     /// at the end makes ivvmm exit with status 0.
     pub fn ivvmm(name: &str, run: &str) -> Self {
         assert!(!run.contains('"'), "ivvmm.run cannot contain double quotes");

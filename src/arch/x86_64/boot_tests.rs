@@ -12,7 +12,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::arch::x86_64::layout::{
-    ram_regions, CMDLINE_START, EBDA_START, PVH_MEMMAP_START, PVH_MODLIST_START,
+    ram_regions, ACPI_RSDP_START, CMDLINE_START, EBDA_START, PVH_MEMMAP_START, PVH_MODLIST_START,
 };
 
 /// A file in the temp dir that is removed when dropped.
@@ -170,6 +170,7 @@ fn bzimage_is_loaded_at_1m_with_a_64_bit_entry_and_full_boot_params() {
     assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START as u32);
     assert_eq!({ hdr.cmdline_size }, 2047, "the kernel's limit is kept");
     assert_eq!(cmdline_at(&mem, 19), b"console=ttyS0 quiet\0");
+    assert_eq!({ bp.acpi_rsdp_addr }, ACPI_RSDP_START);
 
     let (rd_addr, rd_size) = (u64::from(hdr.ramdisk_image), u64::from(hdr.ramdisk_size));
     assert_eq!(rd_size, 10_000);
@@ -305,6 +306,7 @@ fn vmlinux_elf_boots_linux64_at_its_entry_with_a_built_header() {
     assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START as u32);
     assert_eq!({ hdr.ramdisk_size }, 100);
     assert!(u64::from(hdr.ramdisk_image) >= ELF_LOAD_ADDR + 0x20_0000);
+    assert_eq!({ bp.acpi_rsdp_addr }, ACPI_RSDP_START);
     assert_eq!(bp.e820_entries, 3);
 }
 
@@ -326,6 +328,7 @@ fn pvh_elf_boots_through_start_info() {
     assert_eq!(info.magic, 0x336e_c578);
     assert_eq!(info.version, 1);
     assert_eq!(info.cmdline_paddr, CMDLINE_START);
+    assert_eq!(info.rsdp_paddr, ACPI_RSDP_START);
     assert_eq!(cmdline_at(&mem, 12), b"console=hvc0\0");
     assert_eq!(
         (info.memmap_paddr, info.memmap_entries),

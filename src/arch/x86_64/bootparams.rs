@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The data a kernel reads at entry: the command line, Linux `boot_params`
 //! (the zero page, with the e820 map) and PVH `hvm_start_info` (with its
-//! memory map and module list). Written with linux-loader's configurators.
+//! memory map and module list); both point at the ACPI RSDP. Written with linux-loader's configurators.
 
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
@@ -15,8 +15,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use thiserror::Error;
 
 use super::layout::{
-    e820_map, CMDLINE_START, PVH_INFO_START, PVH_MEMMAP_MAX_ENTRIES, PVH_MEMMAP_START,
-    PVH_MODLIST_START, ZERO_PAGE_START,
+    e820_map, ACPI_RSDP_START, CMDLINE_START, PVH_INFO_START, PVH_MEMMAP_MAX_ENTRIES,
+    PVH_MEMMAP_START, PVH_MODLIST_START, ZERO_PAGE_START,
 };
 
 /// Where the initrd landed.
@@ -121,6 +121,9 @@ pub fn linux_boot_params(
     }
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.cmd_line_ptr = cmdline.addr as u32;
+    // Where the VMM writes the ACPI tables (see `acpi`); the guest may also
+    // find the RSDP by scanning the BIOS area.
+    params.acpi_rsdp_addr = ACPI_RSDP_START;
     if let Some(rd) = initrd {
         // The initrd lies below 4 GiB (it is placed in low RAM).
         params.hdr.ramdisk_image = rd.addr as u32;
@@ -197,7 +200,7 @@ pub fn pvh_start_info(
             PVH_MODLIST_START
         },
         cmdline_paddr: cmdline.addr,
-        rsdp_paddr: 0,
+        rsdp_paddr: ACPI_RSDP_START,
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: memmap.len() as u32,
         reserved: 0,

@@ -10,6 +10,7 @@
 //! 0x0000_a000  PDPT                     0x0000_b000  4 PDs (identity 0..4 GiB, 2 MiB pages)
 //! 0x0002_0000  kernel command line
 //! 0x0009_fc00  EBDA: MP floating pointer + MP config table (reserved to 1 MiB)
+//! 0x000e_0000  ACPI: RSDP (BIOS area, where Linux scans), then XSDT, FADT, MADT, DSDT
 //! 0x0010_0000  HIGH_RAM_START: bzImage payload; initrd near the top of low RAM
 //! 0xC000_0000  32-bit MMIO window (BAR0, BAR1) .. 0xFEC0_0000
 //! 0xFEC0_0000  IOAPIC                   0xFEE0_0000  LAPIC
@@ -64,8 +65,25 @@ pub const EBDA_START: u64 = 0x9_fc00;
 /// vCPUs) runs past 0xa0000 into the reserved hole, which is plain RAM to us.
 pub const MPTABLE_START: u64 = EBDA_START;
 /// The MP table must end before this (the legacy BIOS ROM area starts at
-/// 0xe0000; ACPI tables may live there one day).
+/// 0xe0000, where the ACPI tables live).
 pub const MPTABLE_LIMIT: u64 = 0xe_0000;
+/// The ACPI root pointer (RSDP): at the start of the BIOS area
+/// 0xe0000..0x100000, 16-byte aligned, where an OS that was told nothing
+/// scans for it. Boot params and PVH start info also point here.
+pub const ACPI_RSDP_START: u64 = 0xe_0000;
+/// The other ACPI tables (XSDT, FADT, MADT, DSDT) follow the RSDP ...
+pub const ACPI_TABLES_START: u64 = ACPI_RSDP_START + 0x40;
+/// ... and must end before this (the e820 map reserves it all).
+pub const ACPI_TABLES_LIMIT: u64 = HIGH_RAM_START;
+
+/// ACPI power-management registers in port I/O, as the FADT names them:
+/// the sleep control register (SLP_TYP/SLP_EN, poweroff), the sleep status
+/// register (WAK_STS) and the reset register.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
+pub const ACPI_RESET_PORT: u16 = 0x602;
+/// The power device covers these ports, from the sleep control register on.
+pub const ACPI_PM_PORTS_LEN: u16 = 3;
 /// Start of the legacy VGA hole (the end of "base memory").
 pub const VGA_HOLE_START: u64 = 0xa_0000;
 
@@ -102,6 +120,11 @@ const _: () = assert!(MMIO32_END <= IOAPIC_START);
 const _: () = assert!(IOAPIC_START < LAPIC_START);
 const _: () = assert!(LAPIC_START < RAM_ABOVE_4G_START);
 const _: () = assert!(MPTABLE_LIMIT <= HIGH_RAM_START);
+const _: () = assert!(MPTABLE_LIMIT <= ACPI_RSDP_START && ACPI_RSDP_START % 16 == 0);
+const _: () = assert!(ACPI_TABLES_LIMIT <= HIGH_RAM_START && EBDA_START < ACPI_RSDP_START);
+const _: () = assert!(ACPI_SLEEP_STATUS_PORT == ACPI_SLEEP_CONTROL_PORT + 1);
+const _: () = assert!(ACPI_RESET_PORT == ACPI_SLEEP_CONTROL_PORT + 2);
+const _: () = assert!(ACPI_PM_PORTS_LEN == ACPI_RESET_PORT - ACPI_SLEEP_CONTROL_PORT + 1);
 
 /// e820 entry types (ACPI address range types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +246,12 @@ impl BumpAllocator {
     }
 }
 
+/// The 32-bit MMIO window the guest is told about (ACPI `_CRS`) and that
+/// BAR0/BAR1 are allocated from.
+pub fn mmio32_window() -> Range<u64> {
+    MMIO32_START..MMIO32_END
+}
+
 /// Hands out addresses in the 32-bit MMIO window.
 #[derive(Debug, Clone)]
 pub struct Mmio32Allocator(BumpAllocator);
@@ -236,9 +265,10 @@ impl Default for Mmio32Allocator {
 impl Mmio32Allocator {
     /// An allocator over `MMIO32_START..MMIO32_END`.
     pub fn new() -> Self {
+        let window = mmio32_window();
         Mmio32Allocator(BumpAllocator {
-            next: MMIO32_START,
-            end: MMIO32_END,
+            next: window.start,
+            end: window.end,
         })
     }
 
@@ -313,6 +343,8 @@ mod tests {
             (PD_START, PD_COUNT * 4096),
             (CMDLINE_START, CMDLINE_MAX_SIZE as u64),
             (MPTABLE_START, MPTABLE_LIMIT - MPTABLE_START),
+            (ACPI_RSDP_START, ACPI_TABLES_START - ACPI_RSDP_START),
+            (ACPI_TABLES_START, ACPI_TABLES_LIMIT - ACPI_TABLES_START),
         ];
         areas.sort();
         for w in areas.windows(2) {
@@ -325,6 +357,20 @@ mod tests {
         }
         let last = areas[areas.len() - 1];
         assert!(last.0 + last.1 <= HIGH_RAM_START);
+    }
+
+    #[test]
+    fn acpi_tables_sit_in_the_reserved_bios_area() {
+        let map = e820_map(256 * MIB);
+        let holder = map
+            .iter()
+            .find(|e| e.addr <= ACPI_RSDP_START && ACPI_TABLES_LIMIT <= e.addr + e.size)
+            .unwrap();
+        assert_eq!(holder.kind, E820Kind::Reserved);
+        // Linux scans 0xe0000..0x100000 in 16-byte steps for the RSDP; the
+        // RSDP (36 bytes) ends before the tables.
+        const { assert!(0xe_0000 <= ACPI_RSDP_START && ACPI_RSDP_START < 0x10_0000) };
+        const { assert!(ACPI_TABLES_START >= ACPI_RSDP_START + 36) };
     }
 
     #[test]

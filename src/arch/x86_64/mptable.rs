@@ -48,6 +48,8 @@ const INT_TYPE_EXTINT: u8 = 3;
 /// Polarity and trigger "conforms to the bus".
 const INT_FLAGS_CONFORM: u16 = 0;
 const ALL_LOCAL_APICS: u8 = 0xff;
+/// The local APIC input NMI is wired to on every CPU (ExtINT is on LINT0).
+pub const NMI_LINT: u8 = 1;
 
 const PCI_BUS_ID: u8 = 0;
 const ISA_BUS_ID: u8 = 1;
@@ -64,6 +66,18 @@ pub enum MptableError {
     TooLarge { size: usize, limit: u64 },
     #[error("cannot write the MP table to guest memory at {MPTABLE_START:#x}; give the VM at least 1 MiB of memory")]
     GuestMemory,
+}
+
+/// The APIC id the IOAPIC gets: the one after the last vCPU's.
+pub fn ioapic_id(num_cpus: u8) -> u8 {
+    num_cpus
+}
+
+/// How the ISA interrupts reach the IOAPIC: (ISA IRQ, IOAPIC pin, MPS INTI
+/// flags) for IRQs 0..15, identity-mapped and conforming to the bus (edge,
+/// active high). The ACPI MADT repeats these as interrupt source overrides.
+pub fn isa_irq_routes() -> impl Iterator<Item = (u8, u8, u16)> {
+    (0..ISA_IRQS).map(|irq| (irq, irq, INT_FLAGS_CONFORM))
 }
 
 /// Size in bytes of the floating pointer plus the config table for `num_cpus`.
@@ -165,18 +179,18 @@ fn write_config_table(t: &mut Vec<u8>, num_cpus: u8) {
     t.extend_from_slice(&[ENTRY_BUS, ISA_BUS_ID]);
     t.extend_from_slice(b"ISA   ");
 
-    let ioapic_id = num_cpus;
+    let ioapic_id = ioapic_id(num_cpus);
     t.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, IOAPIC_ENABLED]);
     t.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
 
-    for irq in 0..ISA_IRQS {
+    for (irq, pin, flags) in isa_irq_routes() {
         t.push(ENTRY_IO_INTERRUPT);
         t.push(INT_TYPE_INT);
-        t.extend_from_slice(&INT_FLAGS_CONFORM.to_le_bytes());
-        t.extend_from_slice(&[ISA_BUS_ID, irq, ioapic_id, irq]);
+        t.extend_from_slice(&flags.to_le_bytes());
+        t.extend_from_slice(&[ISA_BUS_ID, irq, ioapic_id, pin]);
     }
 
-    for (kind, lint) in [(INT_TYPE_EXTINT, 0u8), (INT_TYPE_NMI, 1u8)] {
+    for (kind, lint) in [(INT_TYPE_EXTINT, 0u8), (INT_TYPE_NMI, NMI_LINT)] {
         t.push(ENTRY_LOCAL_INTERRUPT);
         t.push(kind);
         t.extend_from_slice(&INT_FLAGS_CONFORM.to_le_bytes());
