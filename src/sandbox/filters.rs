@@ -96,6 +96,8 @@ pub const KVM_SIGNAL_MSI: u64 = iow(0xa5, std::mem::size_of::<kvm_bindings::kvm_
 pub const FIONBIO: u64 = libc::FIONBIO;
 /// tcsetattr(TCSANOW): the terminal restored after raw mode.
 pub const TCSETS: u64 = libc::TCSETS;
+/// Issued by glibc's tcsetattr right after TCSETS, to verify it.
+pub const TCGETS: u64 = libc::TCGETS;
 
 fn no_exec(nr: c_long, name: &'static str, why: &'static str) -> Allow {
     when(
@@ -288,6 +290,11 @@ fn vmm() -> Vec<Allow> {
             TCSETS,
             "ioctl(TCSETS)",
             "the terminal restored after raw mode",
+        ),
+        ioctl(
+            TCGETS,
+            "ioctl(TCGETS)",
+            "glibc's tcsetattr reads the settings back to check them",
         ),
         when(
             libc::SYS_tgkill,
