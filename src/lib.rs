@@ -9,6 +9,7 @@ pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod devices;
+pub mod fdlimit;
 pub mod irq;
 pub mod logger;
 pub mod protocol;

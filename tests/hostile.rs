@@ -139,10 +139,18 @@ fn flood_until_gone(sock: &UnixStream, flood: Flood, stop: &AtomicBool) -> u64 {
             let pair: Vec<u8> = encode(2).into_iter().chain(encode(2)).collect();
             while !stop.load(Ordering::SeqCst) {
                 // One send: the fd travels with the join, the leave follows.
-                if send_all_with_fd(sock, &pair, borrow(&efd)).is_err() {
-                    break;
+                match send_all_with_fd(sock, &pair, borrow(&efd)) {
+                    Ok(()) => sent += 2,
+                    // Too many fds in flight (the kernel bounds them per
+                    // user): the reader is behind; try again.
+                    Err(e) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => {
+                        std::thread::yield_now()
+                    }
+                    Err(e) => {
+                        eprintln!("join/leave flood ends: {e}");
+                        break;
+                    }
                 }
-                sent += 2;
             }
         }
     }
@@ -229,13 +237,21 @@ fn vm_under_flood(flood: Flood) {
     let out = vm.finish(Duration::from_secs(1));
     let sent = fake.finish();
     eprintln!("{flood:?}: {sent} messages sent");
+    eprintln!("{flood:?}: VM stopped {took:?} after SIGTERM");
+    assert!(took < STOP_BOUND, "{flood:?}: took {took:?}: {out:?}");
     assert_eq!(out.code(), 128 + libc::SIGTERM, "{out:?}");
+    // Unknown leaves cost the VM almost nothing, so only a huge number is a
+    // flood; each join and leave costs it a KVM ioeventfd (un)registration
+    // (BAR0 is mapped from the start), about a millisecond here, so a few
+    // hundred already keep it busy the whole time.
+    let floor = match flood {
+        Flood::UnknownLeft => 10_000,
+        Flood::JoinLeave => 200,
+    };
     assert!(
-        sent > 10_000,
+        sent > floor,
         "the flood did not flood ({sent} messages): {out:?}"
     );
-    assert!(took < STOP_BOUND, "{flood:?}: took {took:?}: {out:?}");
-    eprintln!("{flood:?}: VM stopped {took:?} after SIGTERM");
 }
 
 #[test]
@@ -311,7 +327,7 @@ fn client_stops_on_sigterm_while_the_server_floods() {
         let took = time_sigterm(&mut client);
         assert_prompt(&format!("client under {flood:?}"), took, &client);
         let sent = fake.finish();
-        assert!(sent > 10_000, "{flood:?}: only {sent} messages sent");
+        assert!(sent > 1000, "{flood:?}: only {sent} messages sent");
         let out = client.finish(Duration::from_secs(1));
         assert_eq!(out.code(), 0, "{out:?}");
     }
@@ -377,45 +393,66 @@ fn many_fds_in_one_message(sock: &UnixStream) {
     let _ = send_message(sock.as_fd(), 1, Some(borrow(&efds[0])));
 }
 
+/// Runs the test guest with `extra` flags against a one-shot fake server
+/// that sends `greet`, under an fd limit of `limit`.
+fn vm_against_fd_hungry_server(greet: fn(&UnixStream), extra: &[&str], limit: u64) -> Outcome {
+    let path = std::env::temp_dir().join(unique("hostile-fds.sock"));
+    let listener = UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        greet(&sock);
+        // Stay until the client is done.
+        let mut b = [0u8; 1];
+        let _ = std::io::Read::read(&mut &sock, &mut b);
+    });
+    let k = testguest(false);
+    let mut args = vec![
+        "--kernel",
+        k.to_str().unwrap(),
+        "--cmdline",
+        "test=hello",
+        "--server",
+        path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = ivvmm_with_fd_limit(&args, limit).finish(Duration::from_secs(20));
+    server.join().unwrap();
+    let _ = std::fs::remove_file(&path);
+    out
+}
+
 #[test]
 fn vm_says_when_the_server_sends_more_fds_than_it_may_hold() {
     if !require_kvm() {
         return;
     }
-    for greet in [many_peers as fn(&UnixStream), many_fds_in_one_message] {
-        let path = std::env::temp_dir().join(unique("hostile-fds.sock"));
-        let listener = UnixListener::bind(&path).unwrap();
-        let server = std::thread::spawn(move || {
-            let (sock, _) = listener.accept().unwrap();
-            greet(&sock);
-            // Stay until the client is done.
-            let mut b = [0u8; 1];
-            let _ = std::io::Read::read(&mut &sock, &mut b);
-        });
-        let k = testguest(false);
-        let vm = ivvmm_with_fd_limit(
-            &[
-                "--kernel",
-                k.to_str().unwrap(),
-                "--cmdline",
-                "test=hello",
-                "--server",
-                path.to_str().unwrap(),
-            ],
-            64,
-        );
-        let out = vm.finish(Duration::from_secs(20));
-        server.join().unwrap();
-        let _ = std::fs::remove_file(&path);
-        assert_eq!(out.code(), 1, "{out:?}");
-        let lines: Vec<_> = out.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "one line: {out:?}");
-        assert!(
-            lines[0].contains("more file descriptors than this process may hold")
-                && lines[0].contains("RLIMIT_NOFILE 64"),
-            "{out:?}"
-        );
+    // Today: the fds past the limit are lost, their messages read as "peer
+    // left", and the last one (our own vector) as a malformed server.
+    let out = vm_against_fd_hungry_server(many_peers, &[], 64);
+    assert_eq!(out.code(), 1, "{out:?}");
+    let lines: Vec<_> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {out:?}");
+    assert!(
+        lines[0]
+            .contains("sent more file descriptors than this process may hold (RLIMIT_NOFILE 64")
+            && lines[0].contains("ulimit -n"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_message_with_too_many_fds_keeps_its_first() {
+    if !require_kvm() {
+        return;
     }
+    // 200 fds on one message, 64 allowed: the kernel delivers the first ones
+    // and drops the rest (MSG_CTRUNC). The first is the message's; the rest
+    // we would close anyway. Today the whole message loses its fd and peer 2
+    // is read as gone.
+    let out = vm_against_fd_hungry_server(many_fds_in_one_message, &["--stats"], 64);
+    assert!(out.passed(), "{out:?}");
+    // The peers we can ring: peer 2 and ourselves.
+    assert_eq!(stats(&out, "ivshmem0").get("peers"), Some(&2), "{out:?}");
 }
 
 #[test]
