@@ -199,7 +199,7 @@ fn wait_exit(r: &mut Running, start: Instant) -> Duration {
 }
 
 fn assert_prompt(what: &str, took: Duration, r: &Running) {
-    eprintln!("{what}: stopped {took:?} after SIGTERM");
+    eprintln!("{what}: stopped after {took:?}");
     assert!(
         took < STOP_BOUND,
         "{what}: took {took:?}\n--- stderr\n{}",
@@ -269,6 +269,35 @@ fn vm_exit_port_works_while_the_server_floods() {
         start.elapsed()
     );
     assert_eq!(out.code(), 7, "{out:?}");
+    drop(fake);
+}
+
+#[test]
+fn vm_ctrl_a_x_works_while_the_server_floods() {
+    if !require_kvm() {
+        return;
+    }
+    let fake = Fake::start(full_greeting, Flood::UnknownLeft);
+    let k = testguest(false);
+    let cmdline = format!("test={IDLE_GUEST}");
+    let mut child = Command::new(ivvmm())
+        .args(["--kernel", k.to_str().unwrap(), "--cmdline", &cmdline])
+        .args(["--server", fake.path()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut vm = Running::from_child(child);
+    vm.wait_for("ready", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    stdin.write_all(b"\x01x").unwrap();
+    let took = wait_exit(&mut vm, start);
+    assert_prompt("Ctrl-A x under a flood", took, &vm);
+    let out = vm.finish(Duration::from_secs(1));
+    assert_eq!(out.code(), 0, "{out:?}");
     drop(fake);
 }
 

@@ -125,7 +125,9 @@ impl DoorbellEvents {
 
 /// Server messages one loop turn reads at most (see `server_messages`).
 pub const SERVER_MESSAGES_PER_TURN: usize = 256;
-const SERVER_MESSAGES_PER_BATCH: usize = 8;
+/// One message at a time: a join or leave may cost a KVM ioeventfd change,
+/// ~5 ms on PVM (an SRCU grace period), so the budget is checked after each.
+const SERVER_MESSAGES_PER_BATCH: usize = 1;
 /// Work one loop turn spends on server messages, checked between batches.
 pub const SERVER_TURN_BUDGET: Duration = Duration::from_millis(5);
 
