@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod devices;
+pub mod fdlimit;
 pub mod irq;
 pub mod logger;
 pub mod protocol;

@@ -11,6 +11,8 @@ use ivvmm::vmm::{terminal, Vmm};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Every peer costs one fd per vector: take all the fds we may have.
+    ivvmm::fdlimit::raise_to_hard();
     let code = match cli.command {
         Some(Command::Server(args)) => {
             // The server reports joins and leaves by default; -v adds debug.

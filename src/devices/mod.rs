@@ -6,3 +6,4 @@ pub mod i8042;
 pub mod ivshmem;
 pub mod pci;
 pub mod serial;
+pub mod serial_output;

@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! COM1: a vm-superio 16550 at 0x3f8, IRQ 4 through irqfd, stdin as an event source.
 //!
-//! Output goes unbuffered to the chosen sink (stdout, a file, or nowhere).
+//! Output goes to the chosen sink (stdout, a file, or nowhere) through a
+//! bounded buffer and a writer thread: a sink that takes nothing slows the
+//! guest briefly, then its output is dropped (see [`SerialOutput`]); it never
+//! blocks a vCPU, the event loop or a stop.
 //! Input is read from stdin only as fast as the guest drains the UART's
 //! FIFO: when the FIFO is full, stdin is dropped from the event loop until
 //! the guest empties it, so a paste is delayed rather than lost.
@@ -17,7 +20,9 @@ use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::serial_output::SerialOutput;
 use crate::bus::BusDevice;
+use crate::sandbox::SeccompMode;
 use crate::stop::{StopReason, VmStop};
 
 /// COM1's port and its ISA interrupt.
@@ -79,14 +84,14 @@ pub enum SerialSink {
     File(File),
 }
 
-/// Writes straight through, no buffering, ignoring a closed reader.
-struct Sink(Option<File>);
+/// Guest output: through a bounded buffer and a writer thread (see
+/// [`SerialOutput`]), or nowhere.
+struct Sink(Option<SerialOutput>);
 
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut self.0 {
-            // A vanished reader (EPIPE) must not stop the guest: drop the byte.
-            Some(f) => Ok(f.write(buf).unwrap_or(buf.len())),
+            Some(out) => out.write(buf),
             None => Ok(buf.len()),
         }
     }
@@ -104,10 +109,15 @@ pub struct SerialDevice {
 
 impl SerialDevice {
     /// `irq` is the eventfd registered as irqfd on [`COM1_IRQ`].
-    pub fn new(irq: EventFd, events: Arc<UartEvents>, sink: SerialSink) -> io::Result<Self> {
+    pub fn new(
+        irq: EventFd,
+        events: Arc<UartEvents>,
+        sink: SerialSink,
+        seccomp: SeccompMode,
+    ) -> io::Result<Self> {
         let out = match sink {
             SerialSink::Null => None,
-            SerialSink::File(f) => Some(f),
+            SerialSink::File(f) => Some(SerialOutput::spawn(f, "the --serial file", seccomp)?),
             SerialSink::Stdout => {
                 // SAFETY: dup() of our own stdout returns a new fd we own, or -1.
                 let fd = unsafe { libc::dup(libc::STDOUT_FILENO) };
@@ -115,7 +125,8 @@ impl SerialDevice {
                     return Err(io::Error::last_os_error());
                 }
                 // SAFETY: `fd` is a freshly duplicated descriptor owned by nobody else.
-                Some(unsafe { File::from_raw_fd(fd) })
+                let file = unsafe { File::from_raw_fd(fd) };
+                Some(SerialOutput::spawn(file, "stdout", seccomp)?)
             }
         };
         Ok(SerialDevice {
@@ -306,6 +317,7 @@ mod tests {
             irq.try_clone().unwrap(),
             Arc::new(UartEvents::new(drained.try_clone().unwrap())),
             SerialSink::Null,
+            SeccompMode::Off,
         )
         .unwrap();
         (dev, irq, drained)

@@ -7,11 +7,11 @@
 //! the rest closed), fds always received close-on-exec, and EOF.
 
 use std::io;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 /// The protocol version the server sends first (QEMU ≥ 2.5).
 pub const PROTOCOL_VERSION: i64 = 0;
@@ -23,6 +23,34 @@ pub const MESSAGE_LEN: usize = 8;
 /// (SCM_MAX_FD); room for all of them means the control data is never
 /// truncated, so no received fd can go unnoticed (and leak).
 const SCM_MAX_FD: usize = 253;
+
+/// A message arrived whose fd we could not receive: this process holds as
+/// many fds as RLIMIT_NOFILE allows. Carried inside an `io::Error` (see
+/// [`fds_lost`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdsLost {
+    /// The message's value (a peer id, or -1 for the shared memory).
+    pub value: i64,
+    /// Our soft RLIMIT_NOFILE when it happened.
+    pub limit: u64,
+}
+
+impl std::fmt::Display for FdsLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "message {} came with a file descriptor this process could not take: it holds as many as its limit allows (RLIMIT_NOFILE {}); raise it (ulimit -n) or use fewer peers or vectors",
+            self.value, self.limit
+        )
+    }
+}
+
+impl std::error::Error for FdsLost {}
+
+/// The [`FdsLost`] inside `e`, if that is what `e` is.
+pub fn fds_lost(e: &io::Error) -> Option<FdsLost> {
+    e.get_ref()?.downcast_ref::<FdsLost>().copied()
+}
 
 /// One received message.
 #[derive(Debug)]
@@ -115,7 +143,10 @@ pub struct MessageReader {
     buf: [u8; MESSAGE_LEN],
     filled: usize,
     fd: Option<OwnedFd>,
-    cmsg: Vec<u8>,
+    cmsg: Vec<u64>,
+    /// The message being received came with fds the kernel could not give
+    /// us (MSG_CTRUNC with none delivered).
+    lost_fd: bool,
     /// Fds that arrived beyond the first of a message and were closed.
     pub extra_fds_closed: u64,
 }
@@ -132,7 +163,8 @@ impl MessageReader {
             buf: [0; MESSAGE_LEN],
             filled: 0,
             fd: None,
-            cmsg: nix::cmsg_space!([RawFd; SCM_MAX_FD]),
+            cmsg: super::recv::control_buffer(SCM_MAX_FD),
+            lost_fd: false,
             extra_fds_closed: 0,
         }
     }
@@ -143,40 +175,30 @@ impl MessageReader {
     }
 
     /// Receives (without blocking) until one message is complete, the socket
-    /// has nothing more, or the peer closed it.
+    /// has nothing more, or the peer closed it. A whole message whose fd the
+    /// kernel could not deliver (our RLIMIT_NOFILE is reached) is an error
+    /// carrying [`FdsLost`]; the stream stays in step, so reading may go on.
     pub fn read(&mut self, sock: BorrowedFd<'_>) -> io::Result<Received> {
         loop {
             // Never ask for more than the rest of this message, so bytes and
             // fds of the next message stay in the socket.
-            let mut iov = [IoSliceMut::new(&mut self.buf[self.filled..])];
-            let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
-            let (bytes, fds, truncated) =
-                match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut self.cmsg), flags) {
-                    Ok(msg) => {
-                        let mut fds = Vec::new();
-                        match msg.cmsgs() {
-                            Ok(cmsgs) => {
-                                for c in cmsgs {
-                                    if let ControlMessageOwned::ScmRights(raw) = c {
-                                        fds.extend(raw);
-                                    }
-                                }
-                                (msg.bytes, fds, false)
-                            }
-                            Err(_) => (msg.bytes, fds, true),
-                        }
-                    }
-                    Err(Errno::EINTR) => continue,
-                    Err(Errno::EAGAIN) => return Ok(Received::WouldBlock),
-                    Err(e) => return Err(e.into()),
-                };
-            if truncated {
-                log::warn!("ivshmem protocol: control data truncated; some fds were lost");
+            let got = match super::recv::recv_with_fds(
+                sock,
+                &mut self.buf[self.filled..],
+                &mut self.cmsg,
+            ) {
+                Ok(got) => got,
+                Err(Errno::EAGAIN) => return Ok(Received::WouldBlock),
+                Err(e) => return Err(e.into()),
+            };
+            let bytes = got.bytes;
+            // Truncated with nothing delivered: this message's fd is lost
+            // (our fd table is full). With one delivered, only extras we
+            // would close anyway are lost: the first fd is the one kept.
+            if got.truncated && got.fds.is_empty() && self.fd.is_none() {
+                self.lost_fd = true;
             }
-            for raw in fds {
-                // SAFETY: the kernel just installed this fd in our table for
-                // us (SCM_RIGHTS); nothing else owns it.
-                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+            for owned in got.fds {
                 if self.fd.is_none() {
                     self.fd = Some(owned);
                 } else {
@@ -188,11 +210,19 @@ impl MessageReader {
                 let partial = self.has_partial();
                 self.filled = 0;
                 self.fd = None;
+                self.lost_fd = false;
                 return Ok(Received::Eof { partial });
             }
             self.filled += bytes;
             if self.filled == MESSAGE_LEN {
                 self.filled = 0;
+                if std::mem::take(&mut self.lost_fd) {
+                    self.fd = None;
+                    return Err(io::Error::other(FdsLost {
+                        value: i64::from_le_bytes(self.buf),
+                        limit: crate::fdlimit::soft_limit(),
+                    }));
+                }
                 return Ok(Received::Message(Message {
                     value: i64::from_le_bytes(self.buf),
                     fd: self.fd.take(),
@@ -212,7 +242,7 @@ pub fn is_eventfd(fd: BorrowedFd<'_>) -> Option<bool> {
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, FromRawFd};
     use std::os::unix::net::UnixStream;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 

@@ -47,6 +47,13 @@ pub enum HandshakeError {
         timeout: Duration,
         got: String,
     },
+    #[error("the ivshmem server at {path} sent more file descriptors than this process may hold (RLIMIT_NOFILE {limit}, reached with {peers} peers of up to {vectors} vectors each): raise the limit (ulimit -n), or use fewer peers or vectors")]
+    TooManyFds {
+        path: PathBuf,
+        limit: u64,
+        peers: usize,
+        vectors: u16,
+    },
     #[error("the ivshmem server at {path} closed the connection during the handshake (it sent {got}); see the server's log (too many peers?)")]
     Closed { path: PathBuf, got: String },
     #[error("the server at {path} speaks ivshmem protocol version {version}, we speak 0: use an ivshmem server from QEMU 2.5 or later, or ivvmm server")]
@@ -122,9 +129,17 @@ pub fn connect_with(
     loop {
         let received = reader
             .read(sock.as_fd())
-            .map_err(|source| HandshakeError::Io {
-                path: path.to_path_buf(),
-                source,
+            .map_err(|source| match super::codec::fds_lost(&source) {
+                Some(lost) => HandshakeError::TooManyFds {
+                    path: path.to_path_buf(),
+                    limit: lost.limit,
+                    peers: greeting.peers.len(),
+                    vectors: greeting.vectors,
+                },
+                None => HandshakeError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                },
             })?;
         match received {
             Received::Message(m) => {
@@ -132,6 +147,15 @@ pub fn connect_with(
                 greeting.accept(m)?;
                 if greeting.complete() {
                     break;
+                }
+                // A server that never stops talking gets the same deadline
+                // as a silent one.
+                if last_message >= deadline {
+                    return Err(HandshakeError::Timeout {
+                        path: path.to_path_buf(),
+                        timeout: opts.timeout,
+                        got: greeting.progress(),
+                    });
                 }
             }
             Received::Eof { .. } => {

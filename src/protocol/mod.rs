@@ -13,6 +13,7 @@ pub mod codec;
 pub mod handshake;
 pub mod peer;
 pub(crate) mod ratelimit;
+pub mod recv;
 
 pub use handshake::{connect, connect_with, ConnectOptions, Handshake, HandshakeError};
 pub use peer::{PeerConnection, PeerEvent};

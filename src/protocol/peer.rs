@@ -7,7 +7,7 @@
 //! Malformed input is logged, rate-limited, and ignored: a server can never
 //! make us panic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 
@@ -43,7 +43,13 @@ pub struct PeerConnection {
     peers: BTreeMap<u16, usize>,
     gone: bool,
     limit: RateLimit,
+    /// Peers dropped because one of their fds could not be received.
+    broken: BTreeSet<u16>,
 }
+
+/// How many messages one [`PeerConnection::read_events`] call reads: a
+/// server that floods costs the caller a bounded slice of work per call.
+pub const MESSAGES_PER_CALL: usize = 64;
 
 impl PeerConnection {
     pub(super) fn new(
@@ -63,6 +69,7 @@ impl PeerConnection {
             peers,
             gone: false,
             limit: RateLimit::new(),
+            broken: BTreeSet::new(),
         }
     }
 
@@ -86,11 +93,20 @@ impl PeerConnection {
         self.gone
     }
 
-    /// Reads every message available now and returns the resulting events,
-    /// ending with `ServerGone` once when the server disappears.
+    /// Reads the messages available now, at most [`MESSAGES_PER_CALL`], and
+    /// returns the resulting events, ending with `ServerGone` once when the
+    /// server disappears. What is left stays in the socket (still readable,
+    /// so an event loop comes back for it after its other work).
     pub fn read_events(&mut self) -> Vec<PeerEvent> {
+        self.read_events_max(MESSAGES_PER_CALL)
+    }
+
+    /// As [`read_events`](Self::read_events), reading at most `max` messages.
+    pub fn read_events_max(&mut self, max: usize) -> Vec<PeerEvent> {
         let mut events = Vec::new();
-        while !self.gone {
+        let mut read = 0;
+        while !self.gone && read < max {
+            read += 1;
             match self.reader.read(self.sock.as_fd()) {
                 Ok(Received::Message(m)) => events.extend(self.handle(m)),
                 Ok(Received::WouldBlock) => break,
@@ -102,6 +118,10 @@ impl PeerConnection {
                     events.push(PeerEvent::ServerGone);
                 }
                 Err(e) => {
+                    if let Some(lost) = super::codec::fds_lost(&e) {
+                        events.extend(self.fd_lost(lost));
+                        continue;
+                    }
                     log::warn!("ivshmem server connection failed: {e}");
                     self.gone = true;
                     events.push(PeerEvent::ServerGone);
@@ -109,6 +129,21 @@ impl PeerConnection {
             }
         }
         events
+    }
+
+    /// A vector of some peer arrived without its eventfd (our fd table is
+    /// full). Its later vectors would be numbered wrong, so the peer is
+    /// dropped here, loudly, until the server says it left.
+    fn fd_lost(&mut self, lost: super::codec::FdsLost) -> Option<PeerEvent> {
+        if self.limit.allow() {
+            log::error!("ivshmem server: {lost}; that peer can't be rung from this VM");
+        }
+        let id = u16::try_from(lost.value).ok()?;
+        if id == self.id {
+            return None;
+        }
+        self.broken.insert(id);
+        self.peers.remove(&id).map(|_| PeerEvent::PeerLeft { id })
     }
 
     fn ignore(&mut self, what: std::fmt::Arguments<'_>) -> Option<PeerEvent> {
@@ -128,6 +163,9 @@ impl PeerConnection {
         }
         let id = m.value as u16;
         let Some(fd) = m.fd else {
+            if self.broken.remove(&id) {
+                return None; // it was dropped when its fd was lost
+            }
             if self.peers.remove(&id).is_some() {
                 return Some(PeerEvent::PeerLeft { id });
             }
@@ -142,6 +180,9 @@ impl PeerConnection {
             self.own_received += 1;
             log::debug!("closing extra own eventfd #{}", self.own_received);
             return None;
+        }
+        if self.broken.contains(&id) {
+            return None; // more vectors of a peer we could not hold
         }
         let count = self.peers.entry(id).or_insert(0);
         let vector = *count;

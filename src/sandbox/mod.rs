@@ -62,14 +62,17 @@ pub enum ThreadKind {
     Server = 3,
     /// Every thread of `ivvmm client`.
     Client = 4,
+    /// The VM's serial output writer (see devices::serial_output).
+    SerialOut = 5,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 4] = [
+    pub const ALL: [ThreadKind; 5] = [
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
         ThreadKind::Server,
         ThreadKind::Client,
+        ThreadKind::SerialOut,
     ];
 
     /// As the violation message names it.
@@ -79,6 +82,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vCPU",
             ThreadKind::Server => "server",
             ThreadKind::Client => "client",
+            ThreadKind::SerialOut => "serial output",
         }
     }
 
@@ -176,7 +180,9 @@ pub fn apply(kind: ThreadKind, program: &BpfProgram) -> Result<(), SandboxError>
     THREAD_KIND.with(|k| k.set(kind as u8));
     let installed = match kind {
         ThreadKind::Server | ThreadKind::Client => seccompiler::apply_filter_all_threads(program),
-        ThreadKind::Vmm | ThreadKind::Vcpu => seccompiler::apply_filter(program),
+        ThreadKind::Vmm | ThreadKind::Vcpu | ThreadKind::SerialOut => {
+            seccompiler::apply_filter(program)
+        }
     };
     installed.map_err(|err| SandboxError::Install {
         kind: kind.name(),

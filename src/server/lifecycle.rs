@@ -43,7 +43,10 @@ impl Server {
             Ok(v) => v,
             Err(e) => {
                 if self.limit.allow() {
-                    log::warn!("refusing a peer: cannot create its eventfds: {e}");
+                    log::warn!(
+                        "refusing a peer: cannot create its eventfds: {e}{}",
+                        crate::fdlimit::hint(&e)
+                    );
                 }
                 return;
             }

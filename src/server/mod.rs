@@ -34,6 +34,13 @@ const STOP: u64 = 1;
 /// How long to stop accepting after running out of fds (avoids a busy loop
 /// on a listener that stays readable).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Connections accepted per loop turn at most, and the time spent on them.
+const ACCEPTS_PER_TURN: usize = 16;
+const ACCEPT_TURN_BUDGET: Duration = Duration::from_millis(5);
+/// Fds kept for the server itself (listener, epoll, signalfd, memory...).
+const FD_RESERVE: u64 = 16;
+/// Fewer peers than this fitting the fd limit is worth a warning.
+const FEW_PEERS: u64 = 16;
 
 /// Why the server could not start or stopped. One line: problem and fix.
 #[derive(Debug, Error)]
@@ -109,7 +116,17 @@ impl Server {
         epoll
             .ctl(ControlOperation::Add, socket.listener.as_raw_fd(), ev)
             .map_err(ServerError::Epoll)?;
-        raise_fd_limit();
+        crate::fdlimit::raise_to_hard();
+        let fit = crate::fdlimit::peers_that_fit(config.vectors, 1, FD_RESERVE);
+        if fit < FEW_PEERS {
+            log::warn!(
+                "the fd limit (RLIMIT_NOFILE {}) leaves room for only {fit} peers of {} vectors: raise it (ulimit -n) for more",
+                crate::fdlimit::soft_limit(),
+                config.vectors
+            );
+        } else {
+            log::debug!("the fd limit leaves room for about {fit} peers");
+        }
         if config.keep_shm {
             shm.keep();
         }
@@ -204,15 +221,25 @@ impl Server {
         -1
     }
 
+    /// Accepts waiting peers, a bounded number per loop turn: a flood of
+    /// connections must not keep the loop from SIGTERM or from the peers
+    /// already here (the listener stays readable; the next turn goes on).
     fn accept_all(&mut self) {
-        loop {
+        let start = Instant::now();
+        for _ in 0..ACCEPTS_PER_TURN {
+            if start.elapsed() >= ACCEPT_TURN_BUDGET {
+                return;
+            }
             match self.socket.listener.accept() {
                 Ok((sock, _)) => self.add_peer(sock),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     if self.limit.allow() {
-                        log::warn!("cannot accept a peer: {e}; pausing new connections briefly");
+                        log::warn!(
+                            "cannot accept a peer: {e}{}; pausing new connections briefly",
+                            crate::fdlimit::hint(&e)
+                        );
                     }
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     let fd = self.socket.listener.as_raw_fd();
@@ -222,24 +249,6 @@ impl Server {
                 }
             }
         }
-    }
-}
-
-/// Lets the server hold as many fds as the hard limit allows: each peer costs
-/// a socket plus one eventfd per vector.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes only into `lim`, which we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return;
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: setrlimit only reads `lim`; failure leaves the old limit.
-        let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     }
 }
 

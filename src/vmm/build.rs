@@ -191,6 +191,7 @@ pub(super) fn legacy_devices(
             serial_irq,
             uart_events.clone(),
             serial_sink(&config.serial)?,
+            config.seccomp,
         )
         .map_err(io_err("the serial console"))?,
     ));

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
@@ -78,26 +79,41 @@ impl DeviceWatch {
         }
     }
 
+    /// Applies what the server sent, a bounded slice per loop turn: at most
+    /// [`SERVER_MESSAGES_PER_TURN`] messages and about [`SERVER_TURN_BUDGET`]
+    /// of work (a join or leave may cost KVM ioctls). The socket stays
+    /// readable if more wait, so the loop comes back after its other events:
+    /// a flooding server costs CPU, never the signals or the stop event.
     fn server_messages(&mut self, ops: &mut EventOps) {
-        let events = self.conn.read_events();
+        let start = Instant::now();
+        let mut read = 0;
         let mut gone = false;
-        let mut dev = self.dev.lock().unwrap_or_else(|e| e.into_inner());
-        for event in events {
-            match event {
-                PeerEvent::PeerJoined { id, vector, fd } => {
-                    if let Some(db) = &mut dev.interrupts {
-                        db.peer_joined(id, vector, fd);
+        while read < SERVER_MESSAGES_PER_TURN && !gone {
+            let events = self.conn.read_events_max(SERVER_MESSAGES_PER_BATCH);
+            read += SERVER_MESSAGES_PER_BATCH;
+            if events.is_empty() {
+                break;
+            }
+            for event in events {
+                // One device lock per event, so a vCPU waits for one at most.
+                match event {
+                    PeerEvent::PeerJoined { id, vector, fd } => {
+                        if let Some(db) = &mut self.lock().interrupts {
+                            db.peer_joined(id, vector, fd);
+                        }
                     }
-                }
-                PeerEvent::PeerLeft { id } => {
-                    if let Some(db) = &mut dev.interrupts {
-                        db.peer_left(id);
+                    PeerEvent::PeerLeft { id } => {
+                        if let Some(db) = &mut self.lock().interrupts {
+                            db.peer_left(id);
+                        }
                     }
+                    PeerEvent::ServerGone => gone = true,
                 }
-                PeerEvent::ServerGone => gone = true,
+            }
+            if start.elapsed() >= SERVER_TURN_BUDGET {
+                break;
             }
         }
-        drop(dev);
         if gone {
             self.server_gone = true;
             let _ = ops.remove(Events::new(&self.conn, EventSet::IN));
@@ -108,6 +124,14 @@ impl DeviceWatch {
         }
     }
 }
+
+/// Server messages one loop turn reads at most (see `server_messages`).
+pub const SERVER_MESSAGES_PER_TURN: usize = 256;
+/// One message at a time: a join or leave may cost a KVM ioeventfd change,
+/// ~5 ms on PVM (an SRCU grace period), so the budget is checked after each.
+const SERVER_MESSAGES_PER_BATCH: usize = 1;
+/// Work one loop turn spends on server messages, checked between batches.
+pub const SERVER_TURN_BUDGET: Duration = Duration::from_millis(5);
 
 impl MutEventSubscriber for DeviceWatch {
     fn init(&mut self, ops: &mut EventOps) {
