@@ -270,6 +270,11 @@ fn vmm() -> Vec<Allow> {
             "readlink",
             "/proc/self/fd/N: is a peer's fd an eventfd",
         ),
+        any(
+            libc::SYS_fstat,
+            "fstat",
+            "what a peer's fd that is no eventfd is (or, without /proc, is it one)",
+        ),
         ioctl(
             KVM_IOEVENTFD,
             "ioctl(KVM_IOEVENTFD)",
@@ -328,6 +333,21 @@ fn server() -> Vec<Allow> {
                 arg: 3,
                 value: libc::SOCK_CLOEXEC as u64,
             }],
+        ),
+        when(
+            libc::SYS_getsockopt,
+            "getsockopt(SO_PEERCRED)",
+            "which user a new peer runs as: others are refused",
+            vec![
+                Cond::Eq {
+                    arg: 1,
+                    value: libc::SOL_SOCKET as u64,
+                },
+                Cond::Eq {
+                    arg: 2,
+                    value: libc::SO_PEERCRED as u64,
+                },
+            ],
         ),
         ioctl(
             FIONBIO,
@@ -404,6 +424,11 @@ fn client() -> Vec<Allow> {
             libc::SYS_readlink,
             "readlink",
             "/proc/self/fd/N: is a peer's fd an eventfd",
+        ),
+        any(
+            libc::SYS_fstat,
+            "fstat",
+            "what a peer's fd that is no eventfd is (or, without /proc, is it one)",
         ),
         any(
             libc::SYS_clock_nanosleep,

@@ -33,7 +33,7 @@ use crate::devices::pci::config::{BarKind, ConfigError, PciConfig, PciIds, COMMA
 use crate::devices::pci::msix::{msix_capability, MsixError, MsixState, MSIX_CAP_ID};
 use crate::irq::{IrqError, IrqRouting};
 use crate::protocol::{self, HandshakeError, PeerConnection};
-use crate::shm::{ShmBackend, ShmError, ShmSource};
+use crate::shm::{ShmBackend, ShmError, ShmSource, Trust};
 use bar0::BAR0_SIZE;
 pub use device::MAX_VECTORS;
 use device::{DeviceParts, IvshmemDevice, BAR1_SIZE, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET};
@@ -291,22 +291,28 @@ fn open_backing(
     backing: &IvshmemBacking,
 ) -> Result<(ShmBackend, u64, Option<Joined>), IvshmemError> {
     let mem_err = |source| IvshmemError::Memory { index, source };
-    let (socket, vectors, size) = match backing {
-        IvshmemBacking::Shm { name, size } => {
-            let backend = ShmBackend::open(&ShmSource::Name(name.clone()), *size);
+    let trust = |shared: bool| if shared { Trust::Shared } else { Trust::Ours };
+    let (socket, vectors, size, server_uid) = match backing {
+        IvshmemBacking::Shm { name, size, shared } => {
+            let source = ShmSource::Name(name.clone());
+            let backend = ShmBackend::open_with(&source, *size, trust(*shared));
             return Ok((backend.map_err(mem_err)?, *size, None));
         }
-        IvshmemBacking::Path { path, size } => {
-            let backend = ShmBackend::open(&ShmSource::Path(path.clone()), *size);
+        IvshmemBacking::Path { path, size, shared } => {
+            let source = ShmSource::Path(path.clone());
+            let backend = ShmBackend::open_with(&source, *size, trust(*shared));
             return Ok((backend.map_err(mem_err)?, *size, None));
         }
         IvshmemBacking::Server {
             socket,
             vectors,
             size,
-        } => (socket, *vectors, *size),
+            server_uid,
+        } => (socket, *vectors, *size, *server_uid),
     };
-    let (conn, hs) = protocol::connect(socket, vectors, HANDSHAKE_TIMEOUT)
+    let mut opts = protocol::ConnectOptions::new(vectors, HANDSHAKE_TIMEOUT);
+    opts.server_uid = server_uid;
+    let (conn, hs) = protocol::connect_with(socket, &opts)
         .map_err(|source| IvshmemError::Handshake { index, source })?;
     let shm = hs.shm.size();
     if shm % 4096 != 0 {
