@@ -659,3 +659,63 @@ fn every_fd_of_a_vm_a_server_and_a_client_is_close_on_exec() {
     let out = server.finish(Duration::from_secs(10));
     assert_eq!(out.code(), 0, "{out:?}");
 }
+
+/// Greets with one own vector, then (once the peer is joined and confined)
+/// sends /dev/null as peer 5's doorbell and a real eventfd for peer 6.
+fn device_as_a_late_doorbell(s: &UnixStream) {
+    let shm = ShmBackend::memfd(1 << 20, true).unwrap();
+    let own = vmm_sys_util::eventfd::EventFd::new(libc::EFD_CLOEXEC).unwrap();
+    let peer = vmm_sys_util::eventfd::EventFd::new(libc::EFD_CLOEXEC).unwrap();
+    let borrow = |e: &vmm_sys_util::eventfd::EventFd| {
+        // SAFETY: the EventFds outlive this function's sends.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(e)) }
+    };
+    send(s, 0, None);
+    send(s, 0, None);
+    send(s, -1, Some(shm.file().as_fd()));
+    send(s, 0, Some(borrow(&own)));
+    std::thread::sleep(Duration::from_millis(1500));
+    let null = fs::File::open("/dev/null").unwrap();
+    send(s, 5, Some(null.as_fd()));
+    send(s, 6, Some(borrow(&peer)));
+}
+
+#[test]
+fn a_late_fd_that_is_no_eventfd_is_ignored_under_the_sandbox() {
+    let fake = FakeServer::start(device_as_a_late_doorbell);
+    let mut client = Running::ivvmm(&["client", "-S", fake.path(), "-n", "1"]);
+    client.wait_for("joined id=6", Duration::from_secs(10));
+    assert!(
+        client
+            .stderr()
+            .contains("character device (/dev/null) as a doorbell of peer 5"),
+        "{}",
+        client.stderr()
+    );
+    client.signal(libc::SIGTERM);
+    let out = client.finish(Duration::from_secs(5));
+    assert_eq!(out.code(), 0, "{out:?}");
+    if !require_kvm() {
+        return;
+    }
+    let kernel = testguest(false);
+    let mut vm = Running::ivvmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "test=pingpong role=pong rounds=1000",
+        "--server",
+        fake.path(),
+    ]);
+    vm.wait_for("as a doorbell of peer 5", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        vm.child.try_wait().unwrap(),
+        None,
+        "the VM goes on: {}",
+        vm.stderr()
+    );
+    vm.signal(libc::SIGTERM);
+    let out = vm.finish(Duration::from_secs(5));
+    assert_eq!(out.code(), 128 + libc::SIGTERM, "{out:?}");
+}

@@ -111,6 +111,20 @@ fn no_exec(nr: c_long, name: &'static str, why: &'static str) -> Allow {
     )
 }
 
+/// glibc (2.33 on) makes fstat(fd) a newfstatat(fd, "", AT_EMPTY_PATH):
+/// allowed on an fd only, never on a path.
+fn fstat_fd() -> Allow {
+    when(
+        libc::SYS_newfstatat,
+        "newfstatat(AT_EMPTY_PATH)",
+        "fstat of a peer's fd, as glibc makes it",
+        vec![Cond::Eq {
+            arg: 3,
+            value: libc::AT_EMPTY_PATH as u64,
+        }],
+    )
+}
+
 /// What every thread of ivvmm does: memory, locks, logging, exiting, and
 /// glibc's abort() (a panic in the release build aborts).
 fn runtime() -> Vec<Allow> {
@@ -275,6 +289,7 @@ fn vmm() -> Vec<Allow> {
             "fstat",
             "what a peer's fd that is no eventfd is (or, without /proc, is it one)",
         ),
+        fstat_fd(),
         ioctl(
             KVM_IOEVENTFD,
             "ioctl(KVM_IOEVENTFD)",
@@ -430,6 +445,7 @@ fn client() -> Vec<Allow> {
             "fstat",
             "what a peer's fd that is no eventfd is (or, without /proc, is it one)",
         ),
+        fstat_fd(),
         any(
             libc::SYS_clock_nanosleep,
             "clock_nanosleep",
