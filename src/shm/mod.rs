@@ -80,14 +80,14 @@ pub enum ShmError {
         dir: PathBuf,
         errno: Errno,
     },
-    #[error("{what} belongs to {owner} (mode {mode:04o}), not to us ({me}): whoever owns it can read and write this shared memory; remove it or use another name or path, or, if it is shared with that user on purpose, pass --shm-shared (shared=on in --ivshmem); it was left unchanged")]
+    #[error("{what} belongs to {owner} with mode {mode:04o}, not to us ({me}): whoever owns it can read and write this shared memory; remove it or use another name or path, or, if it is shared with that user on purpose, pass --shm-shared (shared=on in --ivshmem); it was left unchanged")]
     Foreign {
         what: String,
         owner: String,
         mode: u32,
         me: String,
     },
-    #[error("{what} is writable by every user (owner {owner}, mode {mode:04o}): anyone could read and write this shared memory; chmod o-w it, or, if that is on purpose, pass --shm-shared (shared=on in --ivshmem); it was left unchanged")]
+    #[error("{what}, owned by {owner}, is writable by every user (mode {mode:04o}): anyone could read and write this shared memory; chmod o-w it, or, if that is on purpose, pass --shm-shared (shared=on in --ivshmem); it was left unchanged")]
     WorldWritable {
         what: String,
         owner: String,
