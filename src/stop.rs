@@ -127,7 +127,7 @@ impl VmStop {
         Ok(VmStop {
             stopping: AtomicBool::new(false),
             reason: Mutex::new(None),
-            event: EventFd::new(EFD_NONBLOCK)?,
+            event: EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
         })
     }
 

@@ -25,6 +25,10 @@ pub struct ClientArgs {
     /// Vectors to use (default: as many as the server offers, up to 64)
     #[arg(short = 'n', long = "vectors")]
     pub vectors: Option<u16>,
+    /// The server may run as (and its socket belong to) this user, besides
+    /// us and root: a uid or a user name
+    #[arg(long = "server-uid", value_name = "UID", value_parser = super::parse_uid)]
+    pub server_uid: Option<u32>,
     /// How long joining the server may take
     #[arg(long = "connect-timeout", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -133,7 +137,12 @@ pub fn run(args: ClientArgs) -> Result<(), Error> {
     let signals = signals_as_events(&[]).map_err(Error::Signals)?;
     let stop = Some(signals.as_fd());
 
-    let mut client = Client::join(&args.socket, args.vectors, args.connect_timeout)?;
+    let mut client = Client::join(
+        &args.socket,
+        args.vectors,
+        args.connect_timeout,
+        args.server_uid,
+    )?;
     // Joined: from here on, only the client's syscalls.
     sandbox::install(ThreadKind::Client, args.seccomp)?;
     let mut out = io::stdout().lock();

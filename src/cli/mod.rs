@@ -56,3 +56,17 @@ pub enum Command {
     /// dump, ping, pong.
     Client(client::ClientArgs),
 }
+
+/// A uid given as a number or a user name (`--server-uid`, `--peer-uid`,
+/// `server-uid=`).
+pub fn parse_uid(text: &str) -> Result<u32, String> {
+    if let Ok(uid) = text.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(text) {
+        Ok(Some(user)) => Ok(user.uid.as_raw()),
+        _ => Err(format!(
+            "'{text}' is neither a uid nor a known user name; give a number such as 1000"
+        )),
+    }
+}

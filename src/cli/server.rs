@@ -22,9 +22,12 @@ Differences from QEMU's ivshmem-server (details: docs/server.md):
     daemonizes; -v is allowed with -D.
   - Without -M or -m the memory is a memfd sealed against shrinking (QEMU uses
     the POSIX shm object 'ivshmem').
-  - An existing -M object is never resized: it must be exactly -l bytes (QEMU
-    truncates it). A -M object the server created is removed when it exits,
-    unless --keep-shm; one that existed before is never removed.
+  - An existing -M object is never shrunk: it must be exactly -l bytes, or
+    empty (then it is grown to -l; QEMU truncates any size). It must be ours
+    and not writable by others, unless --shm-shared. A -M object the server
+    created is removed when it exits, unless --keep-shm; one that existed
+    before is never removed.
+  - Only peers running as our uid or root join, unless --peer-uid.
   - -l must be a power of two (QEMU rounds up); -M and -m conflict.
   - -p has no default, works in the foreground too, and the pidfile is removed
     on exit.
@@ -56,6 +59,15 @@ pub struct ServerArgs {
     /// Keep a -M object the server created when it exits
     #[arg(long = "keep-shm")]
     pub keep_shm: bool,
+    /// The existing -M object is shared on purpose: use it even if another
+    /// user owns it or others may write it
+    #[arg(long = "shm-shared", requires = "shm")]
+    pub shm_shared: bool,
+    /// Also let peers running as this user join (a uid or a user name;
+    /// repeatable). Ours and root's always may. They also need access to
+    /// the 0600 socket (e.g. setfacl -m u:UID:rw SOCKET)
+    #[arg(long = "peer-uid", value_name = "UID", value_parser = super::parse_uid)]
+    pub peer_uids: Vec<u32>,
     /// Stay in the foreground (the default; accepted for QEMU compatibility)
     #[arg(short = 'F', long = "foreground")]
     pub foreground: bool,
@@ -114,6 +126,8 @@ impl ServerArgs {
             vectors: self.vectors,
             shm,
             keep_shm: self.keep_shm,
+            shm_shared: self.shm_shared,
+            peer_uids: self.peer_uids.clone(),
         })
     }
 }
@@ -159,7 +173,7 @@ pub fn run(args: ServerArgs) -> Result<(), Error> {
 /// Forks; the parent waits until the child is ready and exits. Returns, in
 /// the child, the pipe end to report readiness on.
 fn daemonize() -> Result<std::fs::File, Error> {
-    let (r, w) = nix::unistd::pipe().map_err(Error::Daemon)?;
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::Daemon)?;
     // SAFETY: the process is single-threaded here (the CLI runs the server on
     // the main thread and has started no other), so fork is sound.
     match unsafe { nix::unistd::fork() }.map_err(Error::Daemon)? {

@@ -52,13 +52,20 @@ pub struct VmArgs {
     pub serial: String,
 
     /// ivshmem backed by the POSIX shared-memory object NAME (/dev/shm/NAME):
-    /// created (0600) if absent, used as is if present, never resized.
+    /// created (0600) if absent; if present, used only if it is ours and not
+    /// writable by others, grown if empty, never shrunk.
     #[arg(long, value_name = "NAME", conflicts_with = "shm_path")]
     pub shm: Option<String>,
 
-    /// ivshmem backed by a file (tmpfs, or hugetlbfs such as /dev/hugepages/x).
+    /// ivshmem backed by a file (tmpfs, or hugetlbfs such as /dev/hugepages/x);
+    /// never followed through a symlink.
     #[arg(long, value_name = "PATH")]
     pub shm_path: Option<PathBuf>,
+
+    /// The existing --shm/--shm-path object is shared on purpose: use it even
+    /// if another user owns it or others may write it.
+    #[arg(long)]
+    pub shm_shared: bool,
 
     /// Size of the --shm/--shm-path region: a power of two, at least 4K
     /// [default: 4M]. With --server alone: the BAR size, which the server's
@@ -70,6 +77,11 @@ pub struct VmArgs {
     #[arg(long, value_name = "PATH")]
     pub server: Option<PathBuf>,
 
+    /// The --server may run as (and its socket belong to) this user, besides
+    /// us and root: a uid or a user name.
+    #[arg(long, value_name = "UID", value_parser = super::parse_uid)]
+    pub server_uid: Option<u32>,
+
     /// MSI-X vectors of the --server device.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub vectors: u32,
@@ -79,9 +91,10 @@ pub struct VmArgs {
     #[arg(long, requires = "server")]
     pub no_rejoin: bool,
 
-    /// Another ivshmem device (repeatable): shm=NAME[,size=S] |
-    /// path=FILE[,size=S] | server=SOCK[,vectors=N][,rejoin=on|off]. Each
-    /// is its own PCI function.
+    /// Another ivshmem device (repeatable): shm=NAME[,size=S][,shared=on] |
+    /// path=FILE[,size=S][,shared=on] |
+    /// server=SOCK[,vectors=N][,server-uid=UID][,rejoin=on|off]. Each is its
+    /// own PCI function.
     #[arg(long = "ivshmem", value_name = "SPEC")]
     pub ivshmem: Vec<String>,
 
@@ -114,6 +127,10 @@ pub enum ConfigError {
     Spec { spec: String, why: String },
     #[error("--serial '': give stdio, none, or a file path")]
     EmptySerial,
+    #[error("--shm-shared goes with --shm or --shm-path (for --ivshmem use shared=on)")]
+    SharedAlone,
+    #[error("--server-uid goes with --server (for --ivshmem use server-uid=UID)")]
+    ServerUidAlone,
 }
 
 /// The smallest guest RAM we accept: room for the boot structures, a small
@@ -143,16 +160,24 @@ impl VmArgs {
             Some(text) => shm_size(text),
             None => Ok(DEFAULT_SHM_SIZE),
         };
+        if self.shm_shared && self.shm.is_none() && self.shm_path.is_none() {
+            return Err(ConfigError::SharedAlone);
+        }
+        if self.server_uid.is_some() && self.server.is_none() {
+            return Err(ConfigError::ServerUidAlone);
+        }
         if let Some(name) = &self.shm {
             ivshmem.push(IvshmemBacking::Shm {
                 name: name.clone(),
                 size: shorthand_size()?,
+                shared: self.shm_shared,
             });
         }
         if let Some(path) = &self.shm_path {
             ivshmem.push(IvshmemBacking::Path {
                 path: path.clone(),
                 size: shorthand_size()?,
+                shared: self.shm_shared,
             });
         }
         if let Some(socket) = &self.server {
@@ -169,6 +194,7 @@ impl VmArgs {
                 vectors: check_vectors(self.vectors)?,
                 size,
                 rejoin: !self.no_rejoin,
+                server_uid: self.server_uid,
             });
         }
         for spec in &self.ivshmem {
@@ -205,7 +231,8 @@ fn check_vectors(n: u32) -> Result<u16, ConfigError> {
     }
 }
 
-/// `shm=NAME[,size=S]`, `path=FILE[,size=S]` or `server=SOCK[,vectors=N]`.
+/// `shm=NAME[,size=S][,shared=on]`, `path=FILE[,size=S][,shared=on]` or
+/// `server=SOCK[,vectors=N][,server-uid=UID]`.
 pub fn parse_ivshmem_spec(spec: &str) -> Result<IvshmemBacking, ConfigError> {
     let bad = |why: String| ConfigError::Spec {
         spec: spec.to_string(),
@@ -215,6 +242,8 @@ pub fn parse_ivshmem_spec(spec: &str) -> Result<IvshmemBacking, ConfigError> {
     let mut size: Option<u64> = None;
     let mut vectors: Option<u16> = None;
     let mut rejoin: Option<bool> = None;
+    let mut shared: Option<bool> = None;
+    let mut server_uid: Option<u32> = None;
     for part in spec.split(',') {
         let (key, value) = part
             .split_once('=')
@@ -246,32 +275,47 @@ pub fn parse_ivshmem_spec(spec: &str) -> Result<IvshmemBacking, ConfigError> {
                     _ => return Err(bad(format!("rejoin={value}: use rejoin=on or rejoin=off"))),
                 });
             }
+            "shared" => {
+                shared = Some(match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad(format!("shared={value}: use shared=on or shared=off"))),
+                });
+            }
+            "server-uid" => server_uid = Some(super::parse_uid(value).map_err(bad)?),
             _ => {
                 return Err(bad(format!(
-                    "unknown key '{key}' (known: shm, path, server, size, vectors, rejoin)"
-                )))
+                "unknown key '{key}' (known: shm, path, server, size, vectors, shared, server-uid, rejoin)"
+            )))
             }
         }
     }
+    let memory_only = vectors.is_none() && server_uid.is_none();
     match kind {
         Some(("shm" | "path", _)) if rejoin.is_some() => {
             Err(bad("rejoin= applies to server= only".into()))
         }
-        Some(("shm", name)) if vectors.is_none() => Ok(IvshmemBacking::Shm {
+        Some(("shm", name)) if memory_only => Ok(IvshmemBacking::Shm {
             name: name.to_string(),
             size: size.unwrap_or(DEFAULT_SHM_SIZE),
+            shared: shared.unwrap_or(false),
         }),
-        Some(("path", path)) if vectors.is_none() => Ok(IvshmemBacking::Path {
+        Some(("path", path)) if memory_only => Ok(IvshmemBacking::Path {
             path: PathBuf::from(path),
             size: size.unwrap_or(DEFAULT_SHM_SIZE),
+            shared: shared.unwrap_or(false),
         }),
+        Some(("server", _)) if shared.is_some() => Err(bad(
+            "shared= applies to shm= and path= (a server's memory is the server's)".into(),
+        )),
         Some(("server", socket)) => Ok(IvshmemBacking::Server {
             socket: PathBuf::from(socket),
             vectors: vectors.unwrap_or(1),
             size,
             rejoin: rejoin.unwrap_or(true),
+            server_uid,
         }),
-        Some(_) => Err(bad("vectors= applies to server= only".into())),
+        Some(_) => Err(bad("vectors= and server-uid= apply to server= only".into())),
         None => Err(bad("give one of shm=NAME, path=FILE, server=SOCK".into())),
     }
 }
@@ -318,7 +362,8 @@ mod tests {
             c.ivshmem,
             vec![IvshmemBacking::Shm {
                 name: "demo".into(),
-                size: 64 << 20
+                size: 64 << 20,
+                shared: false
             }]
         );
         let c = config(&["--kernel", "k", "--shm", "demo"]).unwrap();
@@ -326,7 +371,8 @@ mod tests {
             c.ivshmem,
             vec![IvshmemBacking::Shm {
                 name: "demo".into(),
-                size: 4 << 20
+                size: 4 << 20,
+                shared: false
             }]
         );
         let c = config(&["--kernel", "k", "--shm-path", "/dev/shm/f", "--size", "8G"]).unwrap();
@@ -375,6 +421,7 @@ mod tests {
                 socket: "/tmp/s".into(),
                 vectors: 4,
                 size: None,
+                server_uid: None,
                 rejoin: true,
             }]
         );
@@ -406,7 +453,8 @@ mod tests {
             c.ivshmem[0],
             IvshmemBacking::Shm {
                 name: "a".into(),
-                size: 1 << 20
+                size: 1 << 20,
+                shared: false
             }
         );
         assert!(matches!(&c.ivshmem[1], IvshmemBacking::Path { size, .. } if *size == 4 << 20));
@@ -417,12 +465,66 @@ mod tests {
     }
 
     #[test]
+    fn shared_on_purpose_and_server_uid_are_per_device() {
+        let c = config(&["--kernel", "k", "--shm", "lg", "--shm-shared"]).unwrap();
+        assert!(matches!(
+            &c.ivshmem[0],
+            IvshmemBacking::Shm { shared: true, .. }
+        ));
+        let c = config(&["--kernel", "k", "--shm-path", "/dev/shm/x"]).unwrap();
+        assert!(matches!(
+            &c.ivshmem[0],
+            IvshmemBacking::Path { shared: false, .. }
+        ));
+        let c = config(&["--kernel", "k", "--server", "/s", "--server-uid", "65534"]).unwrap();
+        assert!(matches!(
+            &c.ivshmem[0],
+            IvshmemBacking::Server {
+                server_uid: Some(65534),
+                ..
+            }
+        ));
+        let c = config(&["--kernel", "k", "--server", "/s", "--server-uid", "root"]).unwrap();
+        assert!(matches!(
+            &c.ivshmem[0],
+            IvshmemBacking::Server {
+                server_uid: Some(0),
+                ..
+            }
+        ));
+        assert_eq!(
+            config(&["--kernel", "k", "--shm-shared"]),
+            Err(ConfigError::SharedAlone)
+        );
+        assert_eq!(
+            config(&["--kernel", "k", "--server-uid", "1"]),
+            Err(ConfigError::ServerUidAlone)
+        );
+        assert!(matches!(
+            parse_ivshmem_spec("path=/dev/shm/lg,shared=on"),
+            Ok(IvshmemBacking::Path { shared: true, .. })
+        ));
+        assert!(matches!(
+            parse_ivshmem_spec("server=/s,server-uid=7,vectors=2"),
+            Ok(IvshmemBacking::Server {
+                server_uid: Some(7),
+                vectors: 2,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn malformed_specs_name_the_problem() {
         for (spec, needle) in [
             ("shm=a,path=b", "exactly one"),
             ("size=4M", "give one of"),
             ("shm=a,size=3M", "power of two"),
             ("shm=a,vectors=2", "server= only"),
+            ("path=a,server-uid=0", "server= only"),
+            ("server=s,shared=on", "applies to shm= and path="),
+            ("shm=a,shared=yes", "shared=on or shared=off"),
+            ("server=s,server-uid=no-such-user-ivvmm", "uid"),
             ("shm=a,colour=red", "unknown key"),
             ("shm", "key=value"),
             ("shm=", "needs a value"),

@@ -85,14 +85,17 @@ pub enum Notice {
 
 impl Client {
     /// Joins the server at `socket`. `vectors: None` keeps whatever the server
-    /// offers (up to [`MAX_SERVER_VECTORS`]) without a warning.
+    /// offers (up to [`MAX_SERVER_VECTORS`]) without a warning. `server_uid`:
+    /// a uid besides ours and root's the server may run as.
     pub fn join(
         socket: &Path,
         vectors: Option<u16>,
         timeout: Duration,
+        server_uid: Option<u32>,
     ) -> Result<Self, ClientError> {
         let mut opts = ConnectOptions::new(vectors.unwrap_or(MAX_SERVER_VECTORS), timeout);
         opts.warn_fewer = vectors.is_some();
+        opts.server_uid = server_uid;
         let (conn, hs) = connect_with(socket, &opts)?;
         let map = hs.shm.map()?;
         Ok(Client {

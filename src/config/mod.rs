@@ -25,17 +25,28 @@ pub enum SerialChoice {
 /// The host side of one ivshmem device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IvshmemBacking {
-    /// POSIX shared memory object.
-    Shm { name: String, size: u64 },
-    /// A file on tmpfs or hugetlbfs.
-    Path { path: PathBuf, size: u64 },
+    /// POSIX shared memory object. `shared`: an existing object may belong
+    /// to another user or be writable by others (shared on purpose).
+    Shm {
+        name: String,
+        size: u64,
+        shared: bool,
+    },
+    /// A file on tmpfs or hugetlbfs; `shared` as for `Shm`.
+    Path {
+        path: PathBuf,
+        size: u64,
+        shared: bool,
+    },
     /// Shared memory and doorbells from an ivshmem server. With `size`, BAR2
     /// is that size and the server's memory must be at least as large;
     /// without, BAR2 is the server's size rounded up to a power of two.
+    /// `server_uid`: a uid besides ours and root's the server may run as.
     Server {
         socket: PathBuf,
         vectors: u16,
         size: Option<u64>,
+        server_uid: Option<u32>,
         /// Rejoin the server at `socket` when it comes back with the same
         /// memory (docs/ivshmem-presence.md); false: QEMU's behaviour.
         rejoin: bool,

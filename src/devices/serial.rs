@@ -119,8 +119,9 @@ impl SerialDevice {
             SerialSink::Null => None,
             SerialSink::File(f) => Some(SerialOutput::spawn(f, "the --serial file", seccomp)?),
             SerialSink::Stdout => {
-                // SAFETY: dup() of our own stdout returns a new fd we own, or -1.
-                let fd = unsafe { libc::dup(libc::STDOUT_FILENO) };
+                // SAFETY: F_DUPFD_CLOEXEC of our own stdout returns a new
+                // (close-on-exec) fd we own, or -1.
+                let fd = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_DUPFD_CLOEXEC, 0) };
                 if fd < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -184,8 +185,9 @@ impl SerialInput {
         drained: EventFd,
         stop: Arc<VmStop>,
     ) -> io::Result<Self> {
-        // SAFETY: dup() of our own stdin returns a new fd we own, or -1.
-        let fd = unsafe { libc::dup(libc::STDIN_FILENO) };
+        // SAFETY: F_DUPFD_CLOEXEC of our own stdin returns a new
+        // (close-on-exec) fd we own, or -1.
+        let fd = unsafe { libc::fcntl(libc::STDIN_FILENO, libc::F_DUPFD_CLOEXEC, 0) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }

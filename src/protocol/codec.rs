@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use nix::sys::stat::SFlag;
 
 /// The protocol version the server sends first (QEMU ≥ 2.5).
 pub const PROTOCOL_VERSION: i64 = 0;
@@ -234,8 +235,89 @@ impl MessageReader {
 
 /// True if `fd` is an eventfd; `None` if /proc cannot tell us.
 pub fn is_eventfd(fd: BorrowedFd<'_>) -> Option<bool> {
+    let link = fd_link(fd)?;
+    Some(link == "anon_inode:[eventfd]")
+}
+
+/// What /proc/self/fd/N says `fd` is (`pipe:[12]`, `/memfd:x (deleted)`...).
+pub fn fd_link(fd: BorrowedFd<'_>) -> Option<String> {
     let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-    Some(link.as_os_str() == "anon_inode:[eventfd]")
+    Some(link.to_string_lossy().into_owned())
+}
+
+/// Checks that a doorbell fd a server sent is an eventfd; otherwise says
+/// what it is instead ("a pipe", "a socket", "the character device
+/// /dev/null"...). Without /proc, fstat still rules out pipes, sockets,
+/// devices, directories and files (an eventfd has no file type).
+pub fn check_eventfd(fd: BorrowedFd<'_>) -> Result<(), String> {
+    match fd_link(fd) {
+        Some(link) if link == "anon_inode:[eventfd]" => Ok(()),
+        Some(link) => Err(describe_link(fd, &link)),
+        None => match file_type(fd) {
+            Some(kind) if kind != SFlag::empty() => Err(describe_type(kind).to_string()),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// Checks that the memory fd a server sent is something to map: a regular
+/// file (tmpfs, a memfd, hugetlbfs); otherwise says what it is instead.
+pub fn check_memory_fd(fd: BorrowedFd<'_>) -> Result<(), String> {
+    match file_type(fd) {
+        Some(SFlag::S_IFREG) => Ok(()),
+        _ => Err(match fd_link(fd) {
+            Some(link) => describe_link(fd, &link),
+            None => file_type(fd)
+                .map_or("an fd that cannot be inspected", describe_type)
+                .into(),
+        }),
+    }
+}
+
+/// The S_IFMT bits of `fd`; `None` if fstat fails.
+fn file_type(fd: BorrowedFd<'_>) -> Option<SFlag> {
+    let st = nix::sys::stat::fstat(fd).ok()?;
+    Some(SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT)
+}
+
+fn describe_type(kind: SFlag) -> &'static str {
+    match kind {
+        SFlag::S_IFIFO => "a pipe",
+        SFlag::S_IFSOCK => "a socket",
+        SFlag::S_IFCHR => "a character device",
+        SFlag::S_IFBLK => "a block device",
+        SFlag::S_IFDIR => "a directory",
+        SFlag::S_IFREG => "a regular file",
+        SFlag::S_IFLNK => "a symbolic link",
+        _ => "an anonymous inode",
+    }
+}
+
+fn describe_link(fd: BorrowedFd<'_>, link: &str) -> String {
+    if link.starts_with("pipe:") {
+        return "a pipe".into();
+    }
+    if link.starts_with("socket:") {
+        return "a socket".into();
+    }
+    if let Some(kind) = link.strip_prefix("anon_inode:") {
+        let kind = kind.trim_start_matches('[').trim_end_matches(']');
+        let name = if kind.ends_with("fd") {
+            kind.to_string()
+        } else {
+            format!("{kind} fd")
+        };
+        let article = if name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        return format!("{article} {name}");
+    }
+    match file_type(fd) {
+        Some(kind) => format!("{} ({link})", describe_type(kind)),
+        None => link.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -373,5 +455,38 @@ mod tests {
     fn non_eventfds_are_recognised() {
         let (r, _w) = nix::unistd::pipe().unwrap();
         assert_eq!(is_eventfd(r.as_fd()), Some(false));
+    }
+
+    #[test]
+    fn doorbell_fds_must_be_eventfds_and_say_what_they_are() {
+        let efd = EventFd::new(0).unwrap();
+        // SAFETY: efd outlives the borrow.
+        let e = unsafe { BorrowedFd::borrow_raw(efd.as_raw_fd()) };
+        assert_eq!(check_eventfd(e), Ok(()));
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        assert_eq!(check_eventfd(r.as_fd()), Err("a pipe".into()));
+        let (a, _b) = pair();
+        assert_eq!(check_eventfd(a.as_fd()), Err("a socket".into()));
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let why = check_eventfd(null.as_fd()).unwrap_err();
+        assert!(
+            why.contains("character device") && why.contains("/dev/null"),
+            "{why}"
+        );
+        let memfd = crate::shm::ShmBackend::memfd(4096, true).unwrap();
+        let why = check_eventfd(memfd.as_fd()).unwrap_err();
+        assert!(why.contains("regular file"), "{why}");
+    }
+
+    #[test]
+    fn memory_fds_must_be_regular_files() {
+        let memfd = crate::shm::ShmBackend::memfd(4096, true).unwrap();
+        assert_eq!(check_memory_fd(memfd.as_fd()), Ok(()));
+        let (a, _b) = pair();
+        assert_eq!(check_memory_fd(a.as_fd()), Err("a socket".into()));
+        let efd = EventFd::new(0).unwrap();
+        // SAFETY: efd outlives the borrow.
+        let e = unsafe { BorrowedFd::borrow_raw(efd.as_raw_fd()) };
+        assert_eq!(check_memory_fd(e), Err("an eventfd".into()));
     }
 }

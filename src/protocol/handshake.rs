@@ -7,22 +7,35 @@
 //! with that vector's eventfd; our own id once per vector with our incoming
 //! eventfds. Unlike QEMU we never hang on a silent server or spin on a closing
 //! one: everything is bounded by a timeout and every failure has its own error.
+//!
+//! Nor do we trust whoever answers: the socket file must be ours or root's
+//! and the process behind it (SO_PEERCRED) must run as us or root, unless
+//! the user names the uid it runs as ([`ConnectOptions::server_uid`]); the
+//! memory fd must be a regular file and every doorbell fd an eventfd.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::unistd::geteuid;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::codec::{is_eventfd, Message, MessageReader, Received, PROTOCOL_VERSION, SHM_MESSAGE};
+use super::codec::{
+    check_eventfd, check_memory_fd, fd_link, Message, MessageReader, Received, PROTOCOL_VERSION,
+    SHM_MESSAGE,
+};
 use super::peer::PeerConnection;
 use super::MAX_PEER_ID;
-use crate::shm::{ShmBackend, ShmError};
+use crate::shm::{describe_uid, ShmBackend, ShmError};
 
 /// How long the server may stay silent before we accept fewer own vectors
 /// than we asked for (its `-n` is smaller than ours).
@@ -60,6 +73,29 @@ pub enum HandshakeError {
     Version { path: PathBuf, version: i64 },
     #[error("the server at {path} sent a malformed message ({what}): it is not a compatible ivshmem server")]
     Malformed { path: PathBuf, what: String },
+    #[error("the ivshmem server socket {path} belongs to {owner}, not to us ({me}) or root: another user may have put it there to see the shared memory; if that user's server is the one you mean, pass --server-uid {uid} (server-uid={uid} in --ivshmem)")]
+    ForeignSocket {
+        path: PathBuf,
+        owner: String,
+        uid: u32,
+        me: String,
+    },
+    #[error("the ivshmem server at {path} runs as {found}, not as us ({me}) or root: it would see and change the shared memory; if that user's server is the one you mean, pass --server-uid {uid} (server-uid={uid} in --ivshmem)")]
+    ForeignServer {
+        path: PathBuf,
+        found: String,
+        uid: u32,
+        me: String,
+    },
+    #[error("cannot tell which user runs the ivshmem server at {path} (SO_PEERCRED: {errno}); is it a UNIX stream socket?")]
+    PeerCred { path: PathBuf, errno: Errno },
+    #[error("the ivshmem server at {path} sent {found} as {role}, where an ivshmem server sends {wanted}: it is not a compatible ivshmem server (or not one to trust); nothing was mapped")]
+    WrongFd {
+        path: PathBuf,
+        found: String,
+        role: String,
+        wanted: &'static str,
+    },
     #[error("the shared memory from the server at {path} is unusable: {source}")]
     Shm { path: PathBuf, source: ShmError },
     #[error("reading from the ivshmem server at {path} failed: {source}")]
@@ -88,6 +124,9 @@ pub struct ConnectOptions {
     /// Warn when the server offers fewer vectors than `vectors`. Off when the
     /// caller only wants "as many as the server has, up to `vectors`".
     pub warn_fewer: bool,
+    /// A uid besides ours and root's that may own the socket and run the
+    /// server (`--server-uid`, `server-uid=`).
+    pub server_uid: Option<u32>,
 }
 
 impl ConnectOptions {
@@ -97,6 +136,7 @@ impl ConnectOptions {
             timeout,
             quiet: DEFAULT_QUIET,
             warn_fewer: true,
+            server_uid: None,
         }
     }
 }
@@ -115,11 +155,38 @@ pub fn connect_with(
     path: &Path,
     opts: &ConnectOptions,
 ) -> Result<(PeerConnection, Handshake), HandshakeError> {
-    let sock = UnixStream::connect(path).map_err(|e| match e.raw_os_error() {
+    let connect_err = |e: io::Error| match e.raw_os_error() {
         Some(libc::ENOENT) => HandshakeError::NoSocket(path.to_path_buf()),
         Some(libc::ECONNREFUSED) => HandshakeError::Refused(path.to_path_buf()),
         _ => HandshakeError::Connect(path.to_path_buf(), e),
+    };
+    let owner = std::fs::metadata(path).map_err(connect_err)?;
+    let me = geteuid().as_raw();
+    let trusted = |uid: u32| uid == me || uid == 0 || opts.server_uid == Some(uid);
+    let owner = std::os::unix::fs::MetadataExt::uid(&owner);
+    if !trusted(owner) {
+        return Err(HandshakeError::ForeignSocket {
+            path: path.to_path_buf(),
+            owner: describe_uid(owner),
+            uid: owner,
+            me: describe_uid(me),
+        });
+    }
+    let sock = UnixStream::connect(path).map_err(connect_err)?;
+    // The file may have been swapped since: the process behind the
+    // connection is what counts.
+    let cred = getsockopt(&sock, PeerCredentials).map_err(|errno| HandshakeError::PeerCred {
+        path: path.to_path_buf(),
+        errno,
     })?;
+    if !trusted(cred.uid()) {
+        return Err(HandshakeError::ForeignServer {
+            path: path.to_path_buf(),
+            found: format!("{} (pid {})", describe_uid(cred.uid()), cred.pid()),
+            uid: cred.uid(),
+            me: describe_uid(me),
+        });
+    }
     sock.set_nonblocking(true)
         .map_err(|e| HandshakeError::Connect(path.to_path_buf(), e))?;
     let mut greeting = Greeting::new(path, opts.vectors);
@@ -309,6 +376,15 @@ impl Greeting {
         if self.shm.is_some() {
             return Err(self.malformed("a second shared-memory fd".into()));
         }
+        if let Err(found) = check_memory_fd(fd.as_fd()) {
+            return Err(HandshakeError::WrongFd {
+                path: self.path.clone(),
+                found,
+                role: "the shared memory".into(),
+                wanted: "a memfd or a file on tmpfs or hugetlbfs",
+            });
+        }
+        self.note_unsealed(&fd);
         let shm = ShmBackend::from_fd(fd).map_err(|source| HandshakeError::Shm {
             path: self.path.clone(),
             source,
@@ -317,9 +393,33 @@ impl Greeting {
         Ok(())
     }
 
+    /// QEMU's server sends a memfd without F_SEAL_SHRINK: accepted (a peer
+    /// that shrinks it makes the others fault, it cannot reach our memory),
+    /// but worth saying once at -v.
+    fn note_unsealed(&self, fd: &OwnedFd) {
+        static SAID: AtomicBool = AtomicBool::new(false);
+        let is_memfd = fd_link(fd.as_fd()).is_some_and(|l| l.starts_with("/memfd:"));
+        if !is_memfd {
+            return;
+        }
+        let sealed = fcntl(fd, FcntlArg::F_GET_SEALS)
+            .is_ok_and(|s| SealFlag::from_bits_truncate(s).contains(SealFlag::F_SEAL_SHRINK));
+        if !sealed && !SAID.swap(true, Ordering::Relaxed) {
+            log::info!(
+                "the shared memory from the ivshmem server at {} is a memfd not sealed against shrinking (as QEMU's server sends it): accepted, but any peer could shrink it",
+                self.path.display()
+            );
+        }
+    }
+
     fn eventfd(&self, fd: OwnedFd, id: u16) -> Result<EventFd, HandshakeError> {
-        if is_eventfd(fd.as_fd()) == Some(false) {
-            return Err(self.malformed(format!("the fd for peer {id} is not an eventfd")));
+        if let Err(found) = check_eventfd(fd.as_fd()) {
+            return Err(HandshakeError::WrongFd {
+                path: self.path.clone(),
+                found,
+                role: format!("a doorbell of peer {id}"),
+                wanted: "an eventfd",
+            });
         }
         // SAFETY: we own `fd` (just received) and it is an eventfd; EventFd
         // takes over closing it.

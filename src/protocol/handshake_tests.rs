@@ -262,16 +262,87 @@ fn malformed_greetings_are_refused() {
     });
     assert!(e.contains("without an fd"), "{e}");
     let e = malformed_with(|s| {
-        let (r, _w) = nix::unistd::pipe().unwrap();
-        greet(s, 2);
-        send(s, 1, Some(r.as_fd()));
-    });
-    assert!(e.contains("not an eventfd"), "{e}");
-    let e = malformed_with(|s| {
         greet(s, 2);
         send(s, -5, None);
     });
     assert!(e.contains("-5"), "{e}");
+}
+
+fn wrong_fd_with(script: impl FnOnce(&UnixStream) + Send + 'static) -> String {
+    let f = fake(move |s| {
+        script(&s);
+        wait_close(&s);
+    });
+    let e = connect(&f.path, 1, T).unwrap_err();
+    assert!(matches!(e, HandshakeError::WrongFd { .. }), "{e}");
+    e.to_string()
+}
+
+#[test]
+fn fds_that_are_not_what_they_claim_end_the_handshake() {
+    let e = wrong_fd_with(|s| {
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        greet(s, 2);
+        send(s, 1, Some(r.as_fd()));
+    });
+    assert!(e.contains("sent a pipe as a doorbell of peer 1"), "{e}");
+    assert!(e.contains("an eventfd"), "{e}");
+    let e = wrong_fd_with(|s| {
+        let (a, _b) = UnixStream::pair().unwrap();
+        send(s, 0, None);
+        send(s, 2, None);
+        send(s, -1, Some(a.as_fd()));
+    });
+    assert!(e.contains("sent a socket as the shared memory"), "{e}");
+    let e = wrong_fd_with(|s| {
+        let null = std::fs::File::open("/dev/null").unwrap();
+        greet(s, 2);
+        send(s, 2, Some(null.as_fd()));
+    });
+    assert!(e.contains("character device (/dev/null)"), "{e}");
+}
+
+#[test]
+fn unsealed_memfd_from_a_server_is_accepted() {
+    let f = fake(|s| {
+        let shm = ShmBackend::memfd(1 << 20, false).unwrap();
+        let own = efds(1);
+        send(&s, 0, None);
+        send(&s, 0, None);
+        send(&s, -1, Some(shm.file().as_fd()));
+        send(&s, 0, Some(efd_of(&own[0])));
+        wait_close(&s);
+    });
+    let (_conn, hs) = connect(&f.path, 1, T).unwrap();
+    assert_eq!(hs.shm.size(), 1 << 20);
+}
+
+#[test]
+fn a_socket_of_another_user_is_refused_unless_named() {
+    let f = fake(|s| {
+        greet(&s, 0);
+        let own = efds(1);
+        send(&s, 0, Some(efd_of(&own[0])));
+        wait_close(&s);
+    });
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    if nix::unistd::chown(&f.path, Some(nobody), None).is_err() {
+        eprintln!("skipped: only root can give a socket to another user");
+        // Let the fake server finish.
+        let _ = connect(&f.path, 1, T);
+        return;
+    }
+    let e = connect(&f.path, 1, T).unwrap_err();
+    assert!(
+        matches!(e, HandshakeError::ForeignSocket { uid: 65534, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("--server-uid 65534"), "{e}");
+    let mut opts = ConnectOptions::new(1, T);
+    opts.server_uid = Some(65534);
+    // Named: the socket passes, and the process behind it runs as us.
+    let (_conn, hs) = connect_with(&f.path, &opts).unwrap();
+    assert_eq!(hs.own.len(), 1);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::codec::{is_eventfd, Message, MessageReader, Received, SHM_MESSAGE};
+use super::codec::{check_eventfd, Message, MessageReader, Received, SHM_MESSAGE};
 use super::ratelimit::RateLimit;
 use super::MAX_PEER_ID;
 
@@ -171,8 +171,10 @@ impl PeerConnection {
             }
             return self.ignore(format_args!("a disconnect notice for unknown peer {id}"));
         };
-        if is_eventfd(fd.as_fd()) == Some(false) {
-            return self.ignore(format_args!("a non-eventfd fd for peer {id}"));
+        if let Err(found) = check_eventfd(fd.as_fd()) {
+            return self.ignore(format_args!(
+                "{found} as a doorbell of peer {id}, not an eventfd"
+            ));
         }
         if id == self.id {
             // Our own vectors beyond what we use (the server has more): the

@@ -111,6 +111,20 @@ fn no_exec(nr: c_long, name: &'static str, why: &'static str) -> Allow {
     )
 }
 
+/// glibc (2.33 on) makes fstat(fd) a newfstatat(fd, "", AT_EMPTY_PATH):
+/// allowed on an fd only, never on a path.
+fn fstat_fd() -> Allow {
+    when(
+        libc::SYS_newfstatat,
+        "newfstatat(AT_EMPTY_PATH)",
+        "fstat of a peer's fd, as glibc makes it",
+        vec![Cond::Eq {
+            arg: 3,
+            value: libc::AT_EMPTY_PATH as u64,
+        }],
+    )
+}
+
 /// What every thread of ivvmm does: memory, locks, logging, exiting, and
 /// glibc's abort() (a panic in the release build aborts).
 fn runtime() -> Vec<Allow> {
@@ -270,6 +284,12 @@ fn vmm() -> Vec<Allow> {
             "readlink",
             "/proc/self/fd/N: is a peer's fd an eventfd",
         ),
+        any(
+            libc::SYS_fstat,
+            "fstat",
+            "what a peer's fd that is no eventfd is (or, without /proc, is it one)",
+        ),
+        fstat_fd(),
         ioctl(
             KVM_IOEVENTFD,
             "ioctl(KVM_IOEVENTFD)",
@@ -328,6 +348,21 @@ fn server() -> Vec<Allow> {
                 arg: 3,
                 value: libc::SOCK_CLOEXEC as u64,
             }],
+        ),
+        when(
+            libc::SYS_getsockopt,
+            "getsockopt(SO_PEERCRED)",
+            "which user a new peer runs as: others are refused",
+            vec![
+                Cond::Eq {
+                    arg: 1,
+                    value: libc::SOL_SOCKET as u64,
+                },
+                Cond::Eq {
+                    arg: 2,
+                    value: libc::SO_PEERCRED as u64,
+                },
+            ],
         ),
         ioctl(
             FIONBIO,
@@ -406,6 +441,12 @@ fn client() -> Vec<Allow> {
             "/proc/self/fd/N: is a peer's fd an eventfd",
         ),
         any(
+            libc::SYS_fstat,
+            "fstat",
+            "what a peer's fd that is no eventfd is (or, without /proc, is it one)",
+        ),
+        fstat_fd(),
+        any(
             libc::SYS_clock_nanosleep,
             "clock_nanosleep",
             "ping: pauses while looking for a pong",
@@ -430,6 +471,11 @@ fn rejoin() -> Vec<Allow> {
             }],
         ),
         any(libc::SYS_connect, "connect", "to the server's socket path"),
+        any(
+            libc::SYS_geteuid,
+            "geteuid",
+            "the socket and the server must be ours (or root's)",
+        ),
         any(
             libc::SYS_setsockopt,
             "setsockopt",

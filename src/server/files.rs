@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The files the server puts in the filesystem: its listening socket and its
-//! pidfile. Both are created 0600 and removed when the server stops, but only
-//! if they are still ours (someone may have replaced them meanwhile).
+//! pidfile. Both are created 0600 without following a symlink and removed
+//! when the server stops, but only if they are still ours (someone may have
+//! replaced them meanwhile).
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -31,7 +32,9 @@ pub struct SocketFile {
 
 impl SocketFile {
     /// Binds `path` with mode 0600. A stale socket (nobody listening) is
-    /// replaced; a live one or a non-socket file is an error.
+    /// replaced; a live one or a non-socket file (a symlink included) is an
+    /// error. bind(2) itself never follows a symlink: it fails on any
+    /// existing name.
     pub fn bind(path: &Path) -> Result<Self, ServerError> {
         let len = path.as_os_str().len();
         if len > SUN_PATH_MAX {
@@ -56,9 +59,9 @@ impl SocketFile {
         let bound = UnixListener::bind(path);
         umask(old);
         let listener = bound.map_err(|e| ServerError::Bind(disp(path), e))?;
+        // No chmod: the umask made it 0600, and chmod would follow a symlink
+        // someone swapped in meanwhile.
         let meta = fs::symlink_metadata(path).map_err(|e| ServerError::Bind(disp(path), e))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-            .map_err(|e| ServerError::Bind(disp(path), e))?;
         listener
             .set_nonblocking(true)
             .map_err(|e| ServerError::Bind(disp(path), e))?;
@@ -87,16 +90,20 @@ impl Drop for SocketFile {
     }
 }
 
-/// A pidfile holding our pid; removed on drop if it still does.
+/// A pidfile holding our pid; removed on drop if it is still the file we
+/// wrote.
 #[derive(Debug)]
 pub struct Pidfile {
     path: PathBuf,
-    pid: u32,
+    dev: u64,
+    ino: u64,
 }
 
 impl Pidfile {
     /// Writes the pidfile atomically (a temporary file renamed into place),
-    /// so whoever sees it sees the whole pid.
+    /// so whoever sees it sees the whole pid. Nothing is followed through a
+    /// symlink: the temporary file is created exclusively with O_NOFOLLOW,
+    /// and rename(2) replaces a symlink at `path` rather than its target.
     pub fn write(path: &Path) -> Result<Self, ServerError> {
         let pid = std::process::id();
         let err = |e| ServerError::Pidfile(disp(path), e);
@@ -107,23 +114,34 @@ impl Pidfile {
             .write(true)
             .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
-            .and_then(|mut f| writeln!(f, "{pid}"))
-            .and_then(|()| fs::rename(&tmp, path));
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(err(e));
-        }
+            .and_then(|mut f| {
+                writeln!(f, "{pid}")?;
+                f.metadata()
+            })
+            .and_then(|meta| fs::rename(&tmp, path).map(|()| meta));
+        let meta = match written {
+            Ok(meta) => meta,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(err(e));
+            }
+        };
         Ok(Pidfile {
             path: path.to_path_buf(),
-            pid,
+            dev: meta.dev(),
+            ino: meta.ino(),
         })
     }
 }
 
 impl Drop for Pidfile {
     fn drop(&mut self) {
-        let ours = fs::read_to_string(&self.path).is_ok_and(|s| s.trim() == self.pid.to_string());
+        // Compared, not read: reading would follow a symlink or block on a
+        // FIFO someone swapped in.
+        let ours = fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino);
         if ours {
             if let Err(e) = fs::remove_file(&self.path) {
                 log::warn!("could not remove pidfile {}: {e}", self.path.display());

@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -24,7 +25,34 @@ fn peer_events(want_write: bool) -> EventSet {
 }
 
 impl Server {
+    /// True if the process behind `sock` runs as a uid that may join; a
+    /// refusal is logged (rate-limited), the connection closed unanswered.
+    fn peer_allowed(&mut self, sock: &UnixStream) -> bool {
+        let uid = match getsockopt(sock, PeerCredentials) {
+            Ok(cred) => cred.uid(),
+            Err(e) => {
+                if self.limit.allow() {
+                    log::warn!("refusing a peer: cannot tell which user it runs as ({e})");
+                }
+                return false;
+            }
+        };
+        if uid == self.euid || uid == 0 || self.peer_uids.contains(&uid) {
+            return true;
+        }
+        if self.limit.allow() {
+            log::warn!(
+                "refusing a peer running as uid {uid}: only uid {} and root may join; if that user's peer is welcome, restart the server with --peer-uid {uid}",
+                self.euid
+            );
+        }
+        false
+    }
+
     pub(super) fn add_peer(&mut self, sock: UnixStream) {
+        if !self.peer_allowed(&sock) {
+            return;
+        }
         if let Err(e) = sock.set_nonblocking(true) {
             log::warn!("refusing a peer: cannot make its socket non-blocking: {e}");
             return;

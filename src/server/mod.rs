@@ -6,6 +6,10 @@
 //! gets the version, its id, the shared memory, every other peer's eventfds
 //! and its own; the others get its eventfds; when it goes they get its id
 //! alone. Nothing a peer does can block the loop (see [`peers`]).
+//!
+//! Only peers running as our uid, root, or a uid the user named
+//! (`--peer-uid`) may join: SO_PEERCRED is checked on every connection, in
+//! depth behind the 0600 socket.
 
 mod files;
 mod peers;
@@ -25,7 +29,7 @@ use crate::config::size::format_size;
 use crate::protocol::codec::{PROTOCOL_VERSION, SHM_MESSAGE};
 use crate::protocol::ratelimit::RateLimit;
 use crate::protocol::MAX_SERVER_VECTORS;
-use crate::shm::{ShmBackend, ShmError, ShmSource};
+use crate::shm::{ShmBackend, ShmError, ShmSource, Trust};
 use files::SocketFile;
 use peers::{Flush, IdAllocator, Payload, Peer};
 
@@ -79,6 +83,11 @@ pub struct ServerConfig {
     pub shm: ShmSource,
     /// Keep a shm object the server created after it exits.
     pub keep_shm: bool,
+    /// An existing -M object is shared on purpose (`--shm-shared`): another
+    /// user may own it or others may write it.
+    pub shm_shared: bool,
+    /// Uids besides ours and root's whose peers may join (`--peer-uid`).
+    pub peer_uids: Vec<u32>,
 }
 
 /// A bound server, ready to run.
@@ -93,6 +102,9 @@ pub struct Server {
     serial: u64,
     accept_paused_until: Option<Instant>,
     limit: RateLimit,
+    /// Who may join: our effective uid, root, and these.
+    euid: u32,
+    peer_uids: Vec<u32>,
 }
 
 impl Server {
@@ -102,7 +114,12 @@ impl Server {
         if config.vectors > MAX_SERVER_VECTORS {
             return Err(ServerError::TooManyVectors(config.vectors));
         }
-        let mut shm = ShmBackend::open(&config.shm, config.size)?;
+        let trust = if config.shm_shared {
+            Trust::Shared
+        } else {
+            Trust::Ours
+        };
+        let mut shm = ShmBackend::open_with(&config.shm, config.size, trust)?;
         if shm.object_size() != config.size {
             return Err(ServerError::ShmSizeMismatch {
                 what: shm.describe().to_string(),
@@ -147,6 +164,8 @@ impl Server {
             serial: 0,
             accept_paused_until: None,
             limit: RateLimit::new(),
+            euid: nix::unistd::geteuid().as_raw(),
+            peer_uids: config.peer_uids.clone(),
         })
     }
 

@@ -18,9 +18,10 @@ use nix::unistd::{mkstemp, unlink};
 use crate::config::size::format_size;
 
 use super::files::{
-    check_size, dir_error, fstat_of, hugetlbfs_page, is_regular, parent_dir, resize, same_inode,
+    check_parent, check_size, check_trusted, dir_error, fstat_of, hugetlbfs_page, is_regular,
+    parent_dir, resize, same_inode,
 };
-use super::{validate_shm_name, ShmError, ShmMapping};
+use super::{validate_shm_name, ShmError, ShmMapping, Trust};
 
 /// Where POSIX shm names live on Linux (glibc's `shm_open` uses it).
 pub const SHM_DIR: &str = "/dev/shm";
@@ -70,11 +71,17 @@ pub struct ShmBackend {
 }
 
 impl ShmBackend {
-    /// Opens or creates the object `source` names with at least `size` bytes.
+    /// Opens or creates the object `source` names with at least `size` bytes;
+    /// an existing object must be ours alone ([`Trust::Ours`]).
     pub fn open(source: &ShmSource, size: u64) -> Result<Self, ShmError> {
+        Self::open_with(source, size, Trust::Ours)
+    }
+
+    /// [`ShmBackend::open`], accepting existing objects as `trust` says.
+    pub fn open_with(source: &ShmSource, size: u64, trust: Trust) -> Result<Self, ShmError> {
         match source {
-            ShmSource::Name(name) => Self::open_name(name, size),
-            ShmSource::Path(path) => Self::open_path(path, size),
+            ShmSource::Name(name) => Self::name_with(name, size, trust),
+            ShmSource::Path(path) => Self::path_with(path, size, trust),
             ShmSource::Dir(dir) => Self::create_in_dir(dir, size),
             ShmSource::Memfd => Self::memfd(size, true),
         }
@@ -82,6 +89,10 @@ impl ShmBackend {
 
     /// Opens POSIX shm object `name` (/dev/shm/NAME), creating it if absent.
     pub fn open_name(name: &str, size: u64) -> Result<Self, ShmError> {
+        Self::name_with(name, size, Trust::Ours)
+    }
+
+    fn name_with(name: &str, size: u64, trust: Trust) -> Result<Self, ShmError> {
         let bare = validate_shm_name(name)?;
         check_size(size)?;
         let shm_name = format!("/{bare}");
@@ -103,12 +114,11 @@ impl ShmBackend {
                 Err(Errno::EEXIST) => {}
                 Err(errno) => return Err(ShmError::Create { what, errno }),
             }
-            match shm_open(
-                shm_name.as_str(),
-                OFlag::O_RDWR | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => return Self::finish_existing(fd, size, what),
+            // glibc adds O_NOFOLLOW: a symlink in /dev/shm is never followed.
+            let flags = OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+            match shm_open(shm_name.as_str(), flags, Mode::empty()) {
+                Ok(fd) => return Self::finish_existing(fd, size, what, trust),
+                Err(Errno::ELOOP) => return Err(ShmError::Symlink { what }),
                 Err(Errno::ENOENT) => continue,
                 Err(errno) => return Err(ShmError::OpenExisting { what, errno }),
             }
@@ -121,10 +131,15 @@ impl ShmBackend {
 
     /// Opens the file at `path`, creating it if absent (tmpfs, hugetlbfs...).
     pub fn open_path(path: &Path, size: u64) -> Result<Self, ShmError> {
+        Self::path_with(path, size, Trust::Ours)
+    }
+
+    fn path_with(path: &Path, size: u64, trust: Trust) -> Result<Self, ShmError> {
         check_size(size)?;
         let what = path.display().to_string();
         let dir = parent_dir(path);
         let hugetlbfs = hugetlbfs_page(&dir, &what, size)?.is_some();
+        check_parent(&dir, &what)?;
         for _ in 0..3 {
             let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
             match open(path, flags, Mode::S_IRUSR | Mode::S_IWUSR) {
@@ -144,13 +159,21 @@ impl ShmBackend {
                 }
                 Err(errno) => return Err(ShmError::Create { what, errno }),
             }
-            match open(path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()) {
+            // Never through a symlink; never blocking on a FIFO or taking a
+            // terminal (they are refused as not regular files right after).
+            let flags = OFlag::O_RDWR
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_NOCTTY;
+            match open(path, flags, Mode::empty()) {
                 Ok(fd) => {
-                    let mut backend = Self::finish_existing(fd, size, what)?;
+                    let mut backend = Self::finish_existing(fd, size, what, trust)?;
                     backend.hugetlbfs = hugetlbfs;
                     return Ok(backend);
                 }
                 Err(Errno::ENOENT) => continue,
+                Err(Errno::ELOOP) => return Err(ShmError::Symlink { what }),
                 Err(errno) => return Err(ShmError::OpenExisting { what, errno }),
             }
         }
@@ -308,12 +331,29 @@ impl ShmBackend {
         Ok(backend)
     }
 
-    fn finish_existing(fd: OwnedFd, size: u64, what: String) -> Result<Self, ShmError> {
+    /// Checks an object that existed before us: what it is, whose it is, its
+    /// size. Every refusal happens before anything is changed; the only
+    /// change ever made is growing an empty object to `size`.
+    fn finish_existing(
+        fd: OwnedFd,
+        size: u64,
+        what: String,
+        trust: Trust,
+    ) -> Result<Self, ShmError> {
         let st = fstat_of(&fd, &what)?;
         if !is_regular(&st) {
             return Err(ShmError::NotRegularFile { what });
         }
-        let actual = u64::try_from(st.st_size).unwrap_or(0);
+        check_trusted(&st, &what, trust)?;
+        let mut actual = u64::try_from(st.st_size).unwrap_or(0);
+        if actual == 0 {
+            // An empty object is a placeholder someone prepared for us
+            // (systemd-tmpfiles for Looking Glass): grow it, as QEMU does.
+            // ftruncate keeps its owner and mode.
+            resize(&fd, size, &what)?;
+            log::info!("grew the empty {what} to {}", format_size(size));
+            actual = size;
+        }
         if actual < size {
             return Err(ShmError::TooSmall {
                 what,

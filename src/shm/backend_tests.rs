@@ -3,6 +3,7 @@
 //! refusal a check that the object was left exactly as it was.
 
 use super::*;
+use crate::shm::Trust;
 use nix::sys::statfs::statfs;
 use nix::unistd::ftruncate;
 use std::fs;
@@ -357,4 +358,98 @@ fn hugetlbfs_size_must_be_a_page_multiple() {
     }
     drop(backend);
     assert!(!path.exists());
+}
+
+/// Gives `path` to `nobody` (needs root; false where we cannot).
+fn give_to_nobody(path: &Path) -> bool {
+    nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(65534)), None).is_ok()
+}
+
+#[test]
+fn foreign_object_is_refused_untouched_unless_shared_on_purpose() {
+    let name = unique("foreign");
+    let _g = ShmGuard::new(&name);
+    let path = Path::new(SHM_DIR).join(&name);
+    make_file(&path, MIB, 3);
+    if !give_to_nobody(&path) {
+        eprintln!("skipped: only root can give a file to another user");
+        return;
+    }
+    let before = fingerprint(&path);
+    let e = ShmBackend::open_name(&name, MIB).unwrap_err();
+    assert!(matches!(e, ShmError::Foreign { .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("uid 65534"), "{text}");
+    assert!(text.contains("--shm-shared"), "{text}");
+    assert_eq!(fingerprint(&path), before);
+    let shared = ShmSource::Name(name.clone());
+    let backend = ShmBackend::open_with(&shared, MIB, Trust::Shared).unwrap();
+    assert!(!backend.will_remove());
+    drop(backend);
+    assert_eq!(fingerprint(&path), before);
+}
+
+#[test]
+fn world_writable_object_is_refused_but_group_access_is_fine() {
+    let dir = TempDir::new("ww");
+    let path = dir.0.join("shm");
+    make_file(&path, MIB, 4);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+    let before = fingerprint(&path);
+    let e = ShmBackend::open_path(&path, MIB).unwrap_err();
+    assert!(matches!(e, ShmError::WorldWritable { .. }), "{e}");
+    assert!(e.to_string().contains("0666"), "{e}");
+    assert_eq!(fingerprint(&path), before);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o660)).unwrap();
+    ShmBackend::open_path(&path, MIB).expect("0660 is the owner's choice");
+}
+
+#[test]
+fn symlinked_path_is_never_followed() {
+    let dir = TempDir::new("link");
+    let target = dir.0.join("target");
+    make_file(&target, MIB, 5);
+    let link = dir.0.join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let before = fingerprint(&target);
+    let e = ShmBackend::open_path(&link, MIB).unwrap_err();
+    assert!(matches!(e, ShmError::Symlink { .. }), "{e}");
+    assert_eq!(fingerprint(&target), before);
+    // A dangling one is not created through either.
+    let dangling = dir.0.join("dangling");
+    std::os::unix::fs::symlink(dir.0.join("nowhere"), &dangling).unwrap();
+    let e = ShmBackend::open_path(&dangling, MIB).unwrap_err();
+    assert!(matches!(e, ShmError::Symlink { .. }), "{e}");
+    assert!(!dir.0.join("nowhere").exists());
+}
+
+#[test]
+fn directory_others_may_write_is_refused_unless_sticky() {
+    let dir = TempDir::new("open");
+    fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o777)).unwrap();
+    let path = dir.0.join("shm");
+    let e = ShmBackend::open_path(&path, MIB).unwrap_err();
+    assert!(matches!(e, ShmError::OpenDirectory { .. }), "{e}");
+    assert!(e.to_string().contains("chmod +t"), "{e}");
+    assert!(!path.exists(), "nothing created");
+    fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o1777)).unwrap();
+    ShmBackend::open_path(&path, MIB).expect("a sticky directory is fine");
+}
+
+#[test]
+fn empty_object_is_grown_keeping_owner_and_mode() {
+    let dir = TempDir::new("empty");
+    let path = dir.0.join("looking-glass");
+    fs::File::create(&path).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o660)).unwrap();
+    let before = fs::metadata(&path).unwrap();
+    let backend = ShmBackend::open_path(&path, 2 * MIB).unwrap();
+    assert_eq!(backend.object_size(), 2 * MIB);
+    assert!(!backend.will_remove(), "not ours to remove");
+    drop(backend);
+    let after = fs::metadata(&path).unwrap();
+    assert_eq!(after.len(), 2 * MIB);
+    assert_eq!(after.mode(), before.mode());
+    assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+    assert_eq!(after.ino(), before.ino());
 }

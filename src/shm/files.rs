@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The checks and small filesystem helpers behind the backends: names, sizes,
-//! hugetlbfs page multiples, and turning errnos into the errors users read.
+//! hugetlbfs page multiples, who owns an existing object and who may write
+//! it, and turning errnos into the errors users read.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -8,9 +9,9 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::stat::{fstat, stat, FileStat, SFlag};
 use nix::sys::statfs::{statfs, HUGETLBFS_MAGIC};
-use nix::unistd::ftruncate;
+use nix::unistd::{ftruncate, geteuid, Uid, User};
 
-use super::ShmError;
+use super::{ShmError, Trust};
 use crate::config::size::format_size;
 
 /// Longest shm name, without the leading '/' (NAME_MAX).
@@ -126,4 +127,68 @@ pub(super) fn dir_error(dir: &Path, what: &str, errno: Errno) -> ShmError {
             errno,
         },
     }
+}
+
+/// `uid 1000 (alice)`, or `uid 1234` when the user database has no name.
+pub fn describe_uid(uid: u32) -> String {
+    match User::from_uid(Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("uid {uid} ({})", user.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// An existing object may be used if it is ours alone: owned by our
+/// effective uid and not writable by others (group access is the owner's
+/// choice and stays). `Trust::Shared` accepts any owner and mode.
+pub(super) fn check_trusted(st: &FileStat, what: &str, trust: Trust) -> Result<(), ShmError> {
+    if trust == Trust::Shared {
+        return Ok(());
+    }
+    let me = geteuid().as_raw();
+    let mode = st.st_mode & 0o7777;
+    if st.st_uid != me {
+        return Err(ShmError::Foreign {
+            what: what.to_string(),
+            owner: describe_uid(st.st_uid),
+            mode,
+            me: describe_uid(me),
+        });
+    }
+    if mode & 0o002 != 0 {
+        return Err(ShmError::WorldWritable {
+            what: what.to_string(),
+            owner: describe_uid(st.st_uid),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// The directory of a `--shm-path` file must not let others replace the
+/// file: not writable by others, unless sticky (like /dev/shm and /tmp,
+/// where only a file's owner may remove or rename it).
+pub(super) fn check_parent(dir: &Path, what: &str) -> Result<(), ShmError> {
+    let st = match stat(dir) {
+        Ok(st) => st,
+        Err(Errno::ENOENT | Errno::ENOTDIR) => {
+            return Err(ShmError::NoDirectory {
+                dir: dir.to_path_buf(),
+            })
+        }
+        Err(errno) => {
+            return Err(ShmError::Stat {
+                what: dir.display().to_string(),
+                errno,
+            })
+        }
+    };
+    let mode = st.st_mode & 0o7777;
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(ShmError::OpenDirectory {
+            what: what.to_string(),
+            dir: dir.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
 }

@@ -6,7 +6,15 @@
 //! The rules every backend follows:
 //! - an object that does not exist is created exclusively (mode 0600) and
 //!   sized; one that exists is used as it is, **never truncated**, and refused
-//!   (untouched) when it is smaller than asked for;
+//!   (untouched) when it is smaller than asked for — except an empty one,
+//!   which is grown to the size asked for (what `systemd-tmpfiles` leaves for
+//!   Looking Glass), its owner and mode kept;
+//! - an existing object is used only if it is a regular file owned by our
+//!   effective uid and not writable by others ([`Trust::Ours`]); anything
+//!   else is refused untouched unless the user said it is shared on purpose
+//!   ([`Trust::Shared`]);
+//! - a path is never followed through a symlink in its last component, and
+//!   its directory must not be writable by others unless sticky;
 //! - an object we created is removed again when the [`ShmBackend`] is dropped,
 //!   unless its owner called [`ShmBackend::keep`] once start-up succeeded, so
 //!   a failed start leaves nothing behind;
@@ -20,13 +28,23 @@ mod files;
 mod mapping;
 
 pub use backend::{ShmBackend, ShmSource, SHM_DIR};
-pub use files::validate_shm_name;
+pub use files::{describe_uid, validate_shm_name};
 pub use mapping::ShmMapping;
 
 use std::path::PathBuf;
 
 use nix::errno::Errno;
 use thiserror::Error;
+
+/// Whose existing object we accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Trust {
+    /// Ours alone: owned by our effective uid and not writable by others.
+    #[default]
+    Ours,
+    /// Shared on purpose (`--shm-shared`, `shared=on`): any owner and mode.
+    Shared,
+}
 
 /// Why shared memory could not be provided. Each text is the one line the
 /// user reads: the problem and the fix.
@@ -61,6 +79,27 @@ pub enum ShmError {
         what: String,
         dir: PathBuf,
         errno: Errno,
+    },
+    #[error("{what} belongs to {owner} with mode {mode:04o}, not to us ({me}): whoever owns it can read and write this shared memory; remove it or use another name or path, or, if it is shared with that user on purpose, pass --shm-shared (shared=on in --ivshmem); it was left unchanged")]
+    Foreign {
+        what: String,
+        owner: String,
+        mode: u32,
+        me: String,
+    },
+    #[error("{what}, owned by {owner}, is writable by every user (mode {mode:04o}): anyone could read and write this shared memory; chmod o-w it, or, if that is on purpose, pass --shm-shared (shared=on in --ivshmem); it was left unchanged")]
+    WorldWritable {
+        what: String,
+        owner: String,
+        mode: u32,
+    },
+    #[error("{what} is a symbolic link, and shared memory paths are never followed through one: give the path of the file itself; it was left unchanged")]
+    Symlink { what: String },
+    #[error("{dir} is writable by every user and not sticky (mode {mode:04o}): another user could replace {what} there; use a directory only you can write, or make it sticky (chmod +t {dir})")]
+    OpenDirectory {
+        what: String,
+        dir: PathBuf,
+        mode: u32,
     },
     #[error("cannot open {what} for reading and writing ({errno}); fix its permissions or use a new name; it was left unchanged")]
     OpenExisting { what: String, errno: Errno },

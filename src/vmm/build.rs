@@ -177,10 +177,12 @@ pub(super) fn legacy_devices(
     stop: &Arc<VmStop>,
     events: &mut EventLoop,
 ) -> Result<Arc<UartEvents>, VmmError> {
-    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("the serial interrupt"))?;
+    let serial_irq =
+        EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(io_err("the serial interrupt"))?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
         .map_err(kvm_err("wiring the serial interrupt (irqfd)"))?;
-    let drained = EventFd::new(EFD_NONBLOCK).map_err(io_err("the serial input event"))?;
+    let drained =
+        EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(io_err("the serial input event"))?;
     let uart_events = Arc::new(UartEvents::new(
         drained
             .try_clone()

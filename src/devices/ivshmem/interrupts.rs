@@ -124,8 +124,8 @@ impl Interrupts {
                 route: None,
             });
         }
-        let watch_changed =
-            EventFd::new(EFD_NONBLOCK).map_err(|e| IrqError::Build(format!("eventfd: {e}")))?;
+        let watch_changed = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(|e| IrqError::Build(format!("eventfd: {e}")))?;
         let mut db = Interrupts {
             vm,
             irq,

@@ -36,7 +36,7 @@ use crate::devices::pci::msix::{msix_capability, MsixError, MsixState, MSIX_CAP_
 use crate::irq::{IrqError, IrqRouting};
 use crate::protocol::{self, HandshakeError, PeerConnection};
 use crate::sandbox::SeccompMode;
-use crate::shm::{ShmBackend, ShmError, ShmSource};
+use crate::shm::{ShmBackend, ShmError, ShmSource, Trust};
 use bar0::BAR0_SIZE;
 pub use device::MAX_VECTORS;
 use device::{DeviceParts, IvshmemDevice, BAR1_SIZE, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET};
@@ -179,8 +179,9 @@ struct Joined {
     conn: PeerConnection,
     socket: PathBuf,
     vectors: u16,
-    /// The memory a rejoined server must offer again; None: no rejoining.
-    rejoin: Option<MemoryIdentity>,
+    /// The memory a rejoined server must offer again, and how we joined;
+    /// None: no rejoining.
+    rejoin: Option<(MemoryIdentity, protocol::ConnectOptions)>,
     id: u16,
     own: Vec<EventFd>,
     peers: BTreeMap<u16, Vec<EventFd>>,
@@ -297,23 +298,29 @@ fn open_backing(
     backing: &IvshmemBacking,
 ) -> Result<(ShmBackend, u64, Option<Joined>), IvshmemError> {
     let mem_err = |source| IvshmemError::Memory { index, source };
-    let (socket, vectors, size, rejoin) = match backing {
-        IvshmemBacking::Shm { name, size } => {
-            let backend = ShmBackend::open(&ShmSource::Name(name.clone()), *size);
+    let trust = |shared: bool| if shared { Trust::Shared } else { Trust::Ours };
+    let (socket, vectors, size, server_uid, rejoin) = match backing {
+        IvshmemBacking::Shm { name, size, shared } => {
+            let source = ShmSource::Name(name.clone());
+            let backend = ShmBackend::open_with(&source, *size, trust(*shared));
             return Ok((backend.map_err(mem_err)?, *size, None));
         }
-        IvshmemBacking::Path { path, size } => {
-            let backend = ShmBackend::open(&ShmSource::Path(path.clone()), *size);
+        IvshmemBacking::Path { path, size, shared } => {
+            let source = ShmSource::Path(path.clone());
+            let backend = ShmBackend::open_with(&source, *size, trust(*shared));
             return Ok((backend.map_err(mem_err)?, *size, None));
         }
         IvshmemBacking::Server {
             socket,
             vectors,
             size,
+            server_uid,
             rejoin,
-        } => (socket, *vectors, *size, *rejoin),
+        } => (socket, *vectors, *size, *server_uid, *rejoin),
     };
-    let (conn, hs) = protocol::connect(socket, vectors, HANDSHAKE_TIMEOUT)
+    let mut opts = protocol::ConnectOptions::new(vectors, HANDSHAKE_TIMEOUT);
+    opts.server_uid = server_uid;
+    let (conn, hs) = protocol::connect_with(socket, &opts)
         .map_err(|source| IvshmemError::Handshake { index, source })?;
     let shm = hs.shm.size();
     if shm % 4096 != 0 {
@@ -332,7 +339,10 @@ fn open_backing(
         // then); round the BAR up, the tail unbacked.
         None => shm.checked_next_power_of_two().unwrap_or(shm),
     };
-    let rejoin = rejoin.then(|| MemoryIdentity::of(&hs.shm)).flatten();
+    let rejoin = rejoin
+        .then(|| MemoryIdentity::of(&hs.shm))
+        .flatten()
+        .map(|memory| (memory, opts.clone()));
     let joined = Joined {
         conn,
         socket: socket.clone(),
@@ -431,11 +441,11 @@ fn add_doorbell(
         .try_clone()
         .map_err(|e| irq_err(IrqError::Build(e.to_string())))?;
     let rejoiner = match joined.rejoin {
-        Some(memory) => {
+        Some((memory, options)) => {
             let target = RejoinTarget {
                 index,
                 socket: joined.socket.clone(),
-                vectors: joined.vectors,
+                options,
                 memory,
             };
             let spawned = Rejoiner::spawn(target, parts.env.seccomp);

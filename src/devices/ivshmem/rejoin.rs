@@ -13,9 +13,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use nix::sys::stat::fstat;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
-use super::HANDSHAKE_TIMEOUT;
 use crate::protocol::{self, PeerConnection};
 use crate::sandbox::{self, SeccompMode, ThreadKind};
 use crate::shm::ShmBackend;
@@ -77,7 +76,10 @@ impl Shared {
 pub struct RejoinTarget {
     pub index: usize,
     pub socket: PathBuf,
-    pub vectors: u16,
+    /// The same options as the first connection (vectors, handshake
+    /// deadline, the server uids we accept): a server we would not have
+    /// joined at start is not rejoined either.
+    pub options: protocol::ConnectOptions,
     pub memory: MemoryIdentity,
 }
 
@@ -96,7 +98,7 @@ impl Rejoiner {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
         });
-        let ready = EventFd::new(EFD_NONBLOCK)?;
+        let ready = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)?;
         let (thread_shared, thread_ready) = (shared.clone(), ready.try_clone()?);
         let (confined_tx, confined) = std::sync::mpsc::channel();
         let name = format!("ivshmem{}-rejoin", target.index);
@@ -156,10 +158,10 @@ fn refusal(target: &RejoinTarget, found: Option<MemoryIdentity>, vectors: usize)
             _ => "it offers a different shared-memory object than the one this VM maps (restart it with the same -M NAME --keep-shm)".into(),
         });
     }
-    (vectors != usize::from(target.vectors)).then(|| {
+    (vectors != usize::from(target.options.vectors)).then(|| {
         format!(
             "it gives {vectors} vectors per peer, this device has {}",
-            target.vectors
+            target.options.vectors
         )
     })
 }
@@ -177,8 +179,7 @@ fn try_until_joined(shared: &Shared, target: &RejoinTarget) -> Option<Rejoined> 
             .unwrap_or_else(|e| e.into_inner());
         drop(st);
         wait = (wait * 2).min(MAX_BACKOFF);
-        let (conn, hs) = match protocol::connect(&target.socket, target.vectors, HANDSHAKE_TIMEOUT)
-        {
+        let (conn, hs) = match protocol::connect_with(&target.socket, &target.options) {
             Ok(joined) => joined,
             Err(e) => {
                 log::debug!("ivshmem{}: rejoin: {e}", target.index);
