@@ -179,3 +179,71 @@ fn linux_ping_in_qemu_gets_answers_from_the_test_guest_pong_in_ivvmm() {
         "interop: ivshm ping (QEMU TCG) -> test guest pong (ivvmm): 100 rounds, p50={p50} ns"
     ));
 }
+
+/// A QEMU VM on a server that is SIGKILLed and restarted behaves as QEMU
+/// does (it cannot rejoin, and keeps running), and the ivvmm VM beside it
+/// rejoins unharmed, seeing that the QEMU peer did not come back.
+#[test]
+fn a_qemu_vm_on_a_restarted_server_keeps_running_while_ivvmm_rejoins() {
+    if !prerequisites() {
+        return;
+    }
+    let _turn = one_at_a_time();
+    let shm = common::ShmGuard::new("ivt-interop-restart");
+    let sock = std::env::temp_dir().join(common::unique("ivvmm-interop-restart.sock"));
+    let s = sock.to_str().unwrap().to_string();
+    let server_args = [
+        "server",
+        "-S",
+        &s,
+        "-l",
+        "4M",
+        "-n",
+        "2",
+        "-M",
+        &shm.0,
+        "--keep-shm",
+    ];
+    let mut first = common::Running::ivvmm(&server_args);
+    first.wait_for("serving", Duration::from_secs(10));
+    let mut qemu = Vm::new("qemu-restart", "sleep 120")
+        .doorbell(&sock, 2)
+        .spawn();
+    first.wait_for("peer 0 joined", Duration::from_secs(60));
+    let mut tg = common::start_guest(
+        "presence until_link=3 timeout_ms=60000",
+        &["--server", &s, "--vectors", "2"],
+    );
+    tg.wait_for("presence ready", Duration::from_secs(30));
+
+    first.signal(libc::SIGKILL);
+    let _ = first.finish(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = common::Running::ivvmm(&server_args);
+    second.wait_for("serving", Duration::from_secs(10));
+    tg.wait_for("link=3", Duration::from_secs(10));
+    let out = tg.finish(TG_DEADLINE);
+    assert!(out.passed(), "{out:?}");
+    let states: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("presence gen="))
+        .collect();
+    let first_state = states.first().copied().unwrap_or_default();
+    let last_state = states.last().copied().unwrap_or_default();
+    assert_eq!(
+        field_of(first_state, "peers").as_deref(),
+        Some("0:2"),
+        "QEMU was peer 0: {states:#?}"
+    );
+    assert_eq!(
+        field_of(last_state, "peers").as_deref(),
+        Some("none"),
+        "QEMU did not rejoin: {states:#?}"
+    );
+    assert!(
+        qemu.is_running(),
+        "QEMU keeps running after losing its server"
+    );
+    report("interop: QEMU kept running across the restart; the ivvmm VM rejoined without it");
+}

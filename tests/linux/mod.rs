@@ -381,6 +381,11 @@ impl Drop for Running {
 }
 
 impl Running {
+    /// Whether the VMM process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Wait for the VM to end (killing it after [`VM_TIMEOUT`]).
     pub fn finish(mut self) -> Output {
         let status = loop {
