@@ -133,9 +133,10 @@ fn a_server_restarted_with_the_same_memory_is_rejoined_by_both_vms() {
     let args = ["-l", "1M", "-n", "1", "-M", shm.0.as_str(), "--keep-shm"];
     let first = server_at(&sock, &args);
     let dev = ["--server", sock.to_str().unwrap()];
-    let mut a = start_guest("presence until_link=3 timeout_ms=30000", &dev);
+    let test = "presence until_link=3 until_peers=1 timeout_ms=30000";
+    let mut a = start_guest(test, &dev);
     a.wait_for("presence ready", BOOT);
-    let mut b = start_guest("presence until_link=3 timeout_ms=30000", &dev);
+    let mut b = start_guest(test, &dev);
     b.wait_for("presence ready", BOOT);
     let before = write_u64_marker(&shm.path());
 
@@ -292,7 +293,7 @@ fn no_rejoin_keeps_away_from_a_restarted_server() {
     let second = server_at(&sock, &args);
     let out = vm.finish(BOOT);
     assert!(!out.passed(), "the guest must not see a rejoin: {out:?}");
-    assert!(out.stdout.contains("link is 2"), "{out:?}");
+    assert!(out.stdout.contains("FAIL: link 2 with"), "{out:?}");
     assert!(out.stderr.contains("rejoining is off"), "{}", out.stderr);
     let srv = {
         second.signal(libc::SIGTERM);
@@ -315,4 +316,24 @@ fn write_u64_marker(path: &Path) -> u64 {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     write_u64_at(&f, 0x8000, marker);
     marker
+}
+
+/// `ivvmm client --rejoin` follows a restarted server the same way.
+#[test]
+fn the_host_client_rejoins_with_rejoin() {
+    let shm = ShmGuard::new("ivt-rejoin-client");
+    let sock = socket_path();
+    let args = ["-l", "1M", "-n", "1", "-M", shm.0.as_str(), "--keep-shm"];
+    let first = server_at(&sock, &args);
+    let mut client = Running::ivvmm(&["client", "-S", sock.to_str().unwrap(), "--rejoin"]);
+    client.wait_for("id=", Duration::from_secs(10));
+    kill9(&first);
+    let _ = first.finish(Duration::from_secs(5));
+    client.wait_for("server gone; rejoining", Duration::from_secs(10));
+    let _second = server_at(&sock, &args);
+    client.wait_for("rejoined id=", Duration::from_secs(10));
+    client.signal(libc::SIGTERM);
+    let out = client.finish(Duration::from_secs(5));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(!out.stderr.contains("seccomp"), "{}", out.stderr);
 }

@@ -83,13 +83,14 @@ static void sleep_ms(u32 ms)
 	sti();
 }
 
-// presence [notify=0|1] [vector=0] [changes=N] [until_link=L] [timeout_ms=20000]
+// presence [notify=0|1] [vector=0] [changes=N] [until_link=L [until_peers=N]] [timeout_ms=20000]
 void test_presence(void)
 {
 	bool notify = param_u64("notify", 0) != 0;
 	u32 v = (u32)param_u64("vector", 0);
 	u64 changes = param_u64("changes", 0);
 	u64 until_link = param_u64("until_link", 0);
+	u64 until_peers = param_u64("until_peers", 0);
 	u64 timeout_ms = param_u64("timeout_ms", 20000);
 
 	struct ivshmem_dev devs[IVSHMEM_MAX];
@@ -119,9 +120,15 @@ void test_presence(void)
 	u32 gen = print_state(d, base);
 	kprintf("presence ready id=%u\n", ivshmem_id(d));
 	u64 seen = 0, waited = 0;
+	bool reached = false;	/* until_link (and until_peers) seen, once */
 	while ((changes == 0 || seen < changes) && waited < timeout_ms) {
-		if (until_link && rd(base, PR_LINK) == until_link)
+		if (until_link && rd(base, PR_LINK) == until_link &&
+		    rd(base, PR_PEER_COUNT) >= until_peers) {
+			/* The state that met the condition: a peer may leave later. */
+			print_state(d, base);
+			reached = true;
 			break;
+		}
 		sleep_ms(5);
 		waited += 5;
 		u32 now = rd(base, PR_GENERATION);
@@ -135,8 +142,9 @@ void test_presence(void)
 	kprintf("presence done changes=%lu notify_irqs=%u\n", seen, notify ? MSIX_COUNT(v) : 0);
 	if (changes && seen < changes)
 		fail("saw %lu of %lu changes within %lu ms", seen, changes, timeout_ms);
-	if (until_link && rd(base, PR_LINK) != until_link)
-		fail("link is %u, not %lu, after %lu ms", rd(base, PR_LINK), until_link, timeout_ms);
+	if (until_link && !reached)
+		fail("link %u with %u peers, not %lu with %lu, after %lu ms", rd(base, PR_LINK),
+		     rd(base, PR_PEER_COUNT), until_link, until_peers, timeout_ms);
 }
 
 /* ---- rejoin-pingpong: round trips that carry on across a server restart ---- */

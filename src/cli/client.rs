@@ -36,6 +36,10 @@ pub struct ClientArgs {
     /// the client, exit 159), log (allowed, logged by the kernel), off
     #[arg(long, value_enum, value_name = "on|log|off", default_value = "on")]
     pub seccomp: SeccompMode,
+    /// Following (no command): when the server is lost, join it again once
+    /// it is back with the same memory, instead of ending
+    #[arg(long)]
+    pub rejoin: bool,
     /// What to do; without one, print our id and peers and follow joins and
     /// leaves until interrupted
     #[command(subcommand)]
@@ -144,12 +148,17 @@ pub fn run(args: ClientArgs) -> Result<(), Error> {
         args.server_uid,
     )?;
     // Joined: from here on, only the client's syscalls.
-    sandbox::install(ThreadKind::Client, args.seccomp)?;
+    let kind = if args.rejoin && args.command.is_none() {
+        ThreadKind::ClientRejoin
+    } else {
+        ThreadKind::Client
+    };
+    sandbox::install(kind, args.seccomp)?;
     let mut out = io::stdout().lock();
     writeln!(out, "{}", client.summary())?;
     out.flush()?;
     match args.command {
-        None => client.follow(stop, &mut out)?,
+        None => client.follow(stop, args.rejoin, &mut out)?,
         Some(ClientCommand::Ring { peer, vector }) => {
             client.ring(peer, vector)?;
             writeln!(out, "rang peer={peer} vector={vector}")?;

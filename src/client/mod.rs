@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -73,6 +73,9 @@ pub struct Client {
     map: ShmMapping,
     peers: BTreeMap<u16, Vec<EventFd>>,
     own: Vec<EventFd>,
+    /// How we joined, to join again (`follow` with rejoining).
+    socket: PathBuf,
+    opts: ConnectOptions,
 }
 
 /// One change the client noticed, for printing.
@@ -104,6 +107,8 @@ impl Client {
             map,
             peers: hs.peers,
             own: hs.own,
+            socket: socket.to_path_buf(),
+            opts,
         })
     }
 
@@ -254,10 +259,13 @@ impl Client {
         }
     }
 
-    /// Follows joins and leaves until `stop` is readable or the server goes.
+    /// Follows joins and leaves until `stop` is readable or the server
+    /// goes — or, with `rejoin`, until `stop`: a lost server is joined again
+    /// once it is back with the same memory (docs/ivshmem-presence.md).
     pub fn follow(
         &mut self,
         stop: Option<BorrowedFd<'_>>,
+        rejoin: bool,
         out: &mut dyn Write,
     ) -> Result<(), ClientError> {
         loop {
@@ -270,6 +278,14 @@ impl Client {
                 match notice {
                     Notice::Joined(id) => writeln!(out, "joined id={id}")?,
                     Notice::Left(id) => writeln!(out, "left id={id}")?,
+                    Notice::ServerGone if rejoin => {
+                        writeln!(out, "server gone; rejoining when it is back")?;
+                        out.flush()?;
+                        if !self.rejoin(stop)? {
+                            return Ok(());
+                        }
+                        writeln!(out, "rejoined {}", self.summary())?;
+                    }
                     Notice::ServerGone => {
                         writeln!(out, "server gone")?;
                         out.flush()?;
@@ -278,6 +294,39 @@ impl Client {
                 }
                 out.flush()?;
             }
+        }
+    }
+
+    /// Tries the socket again (100 ms, doubling up to 1 s) until a server
+    /// offers the same memory object and vector count, then takes its id,
+    /// eventfds and peers (the mapping stays: it is the same memory).
+    /// Returns false if `stop` became readable first.
+    fn rejoin(&mut self, stop: Option<BorrowedFd<'_>>) -> Result<bool, ClientError> {
+        let want = self.shm.identity();
+        let mut wait = Duration::from_millis(100);
+        let mut said = false;
+        loop {
+            if wait_any(&[stop], Some(wait))?[0] {
+                return Ok(false);
+            }
+            wait = (wait * 2).min(Duration::from_secs(1));
+            let Ok((conn, hs)) = connect_with(&self.socket, &self.opts) else {
+                continue;
+            };
+            if want.is_none() || hs.shm.identity() != want || hs.own.len() != self.own.len() {
+                if !said {
+                    log::warn!(
+                        "a server is back at {} with other memory or vectors; staying away, still trying",
+                        self.socket.display()
+                    );
+                    said = true;
+                }
+                continue;
+            }
+            self.conn = conn;
+            self.peers = hs.peers;
+            self.own = hs.own;
+            return Ok(true);
         }
     }
 

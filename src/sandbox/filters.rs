@@ -457,10 +457,24 @@ fn client() -> Vec<Allow> {
 
 /// A doorbell device's rejoin thread (devices/ivshmem/rejoin.rs): after
 /// the server is lost it connects to the same socket path again and runs
-/// the handshake. No other network: the socket domain must be AF_UNIX.
+/// the handshake.
 fn rejoin() -> Vec<Allow> {
     let mut t = runtime();
-    t.extend([
+    t.extend(joining());
+    t
+}
+
+/// `ivvmm client --rejoin`: the client, and joining the server again.
+fn client_rejoin() -> Vec<Allow> {
+    let mut t = client();
+    t.extend(joining());
+    t
+}
+
+/// Connecting to a server and the handshake, with its trust checks. No
+/// other network: the socket domain must be AF_UNIX.
+fn joining() -> Vec<Allow> {
+    vec![
         when(
             libc::SYS_socket,
             "socket(AF_UNIX)",
@@ -528,8 +542,7 @@ fn rejoin() -> Vec<Allow> {
             "readlink",
             "/proc/self/fd/N: is a peer's fd an eventfd",
         ),
-    ]);
-    t
+    ]
 }
 
 /// The table for `kind`.
@@ -543,6 +556,7 @@ pub fn table(kind: ThreadKind) -> Vec<Allow> {
         // variables: what every thread does, nothing more.
         ThreadKind::SerialOut => runtime(),
         ThreadKind::Rejoin => rejoin(),
+        ThreadKind::ClientRejoin => client_rejoin(),
     }
 }
 

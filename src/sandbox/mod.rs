@@ -66,16 +66,19 @@ pub enum ThreadKind {
     SerialOut = 5,
     /// A doorbell device's rejoin thread (see devices::ivshmem::rejoin).
     Rejoin = 6,
+    /// Every thread of `ivvmm client --rejoin`.
+    ClientRejoin = 7,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
         ThreadKind::Server,
         ThreadKind::Client,
         ThreadKind::SerialOut,
         ThreadKind::Rejoin,
+        ThreadKind::ClientRejoin,
     ];
 
     /// As the violation message names it.
@@ -87,6 +90,7 @@ impl ThreadKind {
             ThreadKind::Client => "client",
             ThreadKind::SerialOut => "serial output",
             ThreadKind::Rejoin => "ivshmem rejoin",
+            ThreadKind::ClientRejoin => "client",
         }
     }
 
@@ -183,7 +187,9 @@ pub fn apply(kind: ThreadKind, program: &BpfProgram) -> Result<(), SandboxError>
     install_sigsys_handler()?;
     THREAD_KIND.with(|k| k.set(kind as u8));
     let installed = match kind {
-        ThreadKind::Server | ThreadKind::Client => seccompiler::apply_filter_all_threads(program),
+        ThreadKind::Server | ThreadKind::Client | ThreadKind::ClientRejoin => {
+            seccompiler::apply_filter_all_threads(program)
+        }
         ThreadKind::Vmm | ThreadKind::Vcpu | ThreadKind::SerialOut | ThreadKind::Rejoin => {
             seccompiler::apply_filter(program)
         }

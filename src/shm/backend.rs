@@ -21,7 +21,7 @@ use super::files::{
     check_parent, check_size, check_trusted, dir_error, fstat_of, hugetlbfs_page, is_regular,
     parent_dir, resize, same_inode,
 };
-use super::{validate_shm_name, ShmError, ShmMapping, Trust};
+use super::{validate_shm_name, ShmError, ShmIdentity, ShmMapping, Trust};
 
 /// Where POSIX shm names live on Linux (glibc's `shm_open` uses it).
 pub const SHM_DIR: &str = "/dev/shm";
@@ -257,6 +257,17 @@ impl ShmBackend {
     #[cfg(test)]
     pub fn will_remove(&self) -> bool {
         self.created.is_some()
+    }
+
+    /// Which object this is (device, inode) and the size we use of it: what
+    /// a restarted server must offer again to be rejoined.
+    pub fn identity(&self) -> Option<ShmIdentity> {
+        let st = nix::sys::stat::fstat(self.file.as_fd()).ok()?;
+        Some(ShmIdentity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: self.size,
+        })
     }
 
     /// The size that is mapped and given to guests.

@@ -31,6 +31,14 @@ pub use backend::{ShmBackend, ShmSource, SHM_DIR};
 pub use files::{describe_uid, validate_shm_name};
 pub use mapping::ShmMapping;
 
+/// What makes two servers' memory the same object: device, inode, size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShmIdentity {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+}
+
 use std::path::PathBuf;
 
 use nix::errno::Errno;

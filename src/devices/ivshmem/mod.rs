@@ -36,12 +36,13 @@ use crate::devices::pci::msix::{msix_capability, MsixError, MsixState, MSIX_CAP_
 use crate::irq::{IrqError, IrqRouting};
 use crate::protocol::{self, HandshakeError, PeerConnection};
 use crate::sandbox::SeccompMode;
+use crate::shm::ShmIdentity;
 use crate::shm::{ShmBackend, ShmError, ShmSource, Trust};
 use bar0::BAR0_SIZE;
 pub use device::MAX_VECTORS;
 use device::{DeviceParts, IvshmemDevice, BAR1_SIZE, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET};
 use interrupts::{Interrupts, IoeventfdBudget};
-use rejoin::{MemoryIdentity, RejoinTarget, Rejoiner};
+use rejoin::{RejoinTarget, Rejoiner};
 use watch::WatchParts;
 
 /// The ids QEMU gives ivshmem: Red Hat's vendor id, class "RAM memory",
@@ -181,7 +182,7 @@ struct Joined {
     vectors: u16,
     /// The memory a rejoined server must offer again, and how we joined;
     /// None: no rejoining.
-    rejoin: Option<(MemoryIdentity, protocol::ConnectOptions)>,
+    rejoin: Option<(ShmIdentity, protocol::ConnectOptions)>,
     id: u16,
     own: Vec<EventFd>,
     peers: BTreeMap<u16, Vec<EventFd>>,
@@ -340,7 +341,7 @@ fn open_backing(
         None => shm.checked_next_power_of_two().unwrap_or(shm),
     };
     let rejoin = rejoin
-        .then(|| MemoryIdentity::of(&hs.shm))
+        .then(|| hs.shm.identity())
         .flatten()
         .map(|memory| (memory, opts.clone()));
     let joined = Joined {

@@ -7,42 +7,21 @@
 //! its seccomp filter) and sleeps until the server is lost.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use nix::sys::stat::fstat;
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 use crate::protocol::{self, PeerConnection};
 use crate::sandbox::{self, SeccompMode, ThreadKind};
-use crate::shm::ShmBackend;
+use crate::shm::ShmIdentity;
 use crate::stop::spawn_without_signals;
 
 /// The first try comes this long after the loss; each failure doubles it.
 const FIRST_TRY: Duration = Duration::from_millis(100);
 /// Never more than this between two tries.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-
-/// What makes two servers' memory the same object: device, inode, size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MemoryIdentity {
-    dev: u64,
-    ino: u64,
-    size: u64,
-}
-
-impl MemoryIdentity {
-    pub fn of(shm: &ShmBackend) -> Option<Self> {
-        let st = fstat(shm.file().as_fd()).ok()?;
-        Some(MemoryIdentity {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            size: shm.size(),
-        })
-    }
-}
 
 /// A new connection, ready for the device.
 pub struct Rejoined {
@@ -80,7 +59,7 @@ pub struct RejoinTarget {
     /// deadline, the server uids we accept): a server we would not have
     /// joined at start is not rejoined either.
     pub options: protocol::ConnectOptions,
-    pub memory: MemoryIdentity,
+    pub memory: ShmIdentity,
 }
 
 /// The event loop's handle on one device's rejoin thread.
@@ -148,7 +127,7 @@ fn rejoin_loop(shared: &Shared, ready: &EventFd, target: &RejoinTarget) {
 }
 
 /// Why a server that answered is not one to rejoin.
-fn refusal(target: &RejoinTarget, found: Option<MemoryIdentity>, vectors: usize) -> Option<String> {
+fn refusal(target: &RejoinTarget, found: Option<ShmIdentity>, vectors: usize) -> Option<String> {
     if found != Some(target.memory) {
         return Some(match found {
             Some(m) if m.size != target.memory.size => format!(
@@ -186,7 +165,7 @@ fn try_until_joined(shared: &Shared, target: &RejoinTarget) -> Option<Rejoined> 
                 continue;
             }
         };
-        match refusal(target, MemoryIdentity::of(&hs.shm), hs.own.len()) {
+        match refusal(target, hs.shm.identity(), hs.own.len()) {
             None => {
                 let own_rings: Result<Vec<EventFd>, _> =
                     hs.own.iter().map(EventFd::try_clone).collect();
