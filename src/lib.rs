@@ -21,4 +21,5 @@ pub mod server;
 pub mod shm;
 pub mod stop;
 pub mod vcpu;
+pub mod vm_ops;
 pub mod vmm;

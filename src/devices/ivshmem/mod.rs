@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use event_manager::MutEventSubscriber;
-use kvm_ioctls::VmFd;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -34,6 +33,7 @@ use crate::devices::pci::msix::{msix_capability, MsixError, MsixState, MSIX_CAP_
 use crate::irq::{IrqError, IrqRouting};
 use crate::protocol::{self, HandshakeError, PeerConnection};
 use crate::shm::{ShmBackend, ShmError, ShmSource};
+use crate::vm_ops::VmOps;
 use bar0::BAR0_SIZE;
 pub use device::MAX_VECTORS;
 use device::{DeviceParts, IvshmemDevice, BAR1_SIZE, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET};
@@ -106,7 +106,8 @@ impl IvshmemError {
 /// What every ivshmem device of a VM shares.
 #[derive(Clone)]
 pub struct IvshmemEnv {
-    pub vm: Arc<VmFd>,
+    /// The VM's KVM calls (a `VmFd`; a recording fake in tests).
+    pub vm: Arc<dyn VmOps>,
     pub mmio: Arc<Bus>,
     pub irq: Arc<IrqRouting>,
     pub mem_size: u64,
