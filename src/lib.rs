@@ -13,6 +13,8 @@ pub mod client;
 pub mod config;
 pub mod devices;
 pub mod fdlimit;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
 pub mod irq;
 pub mod logger;
 pub mod protocol;
