@@ -426,6 +426,8 @@ struct Run {
     pending: Vec<bool>,
     peers: BTreeMap<u16, BTreeMap<u16, OwnFd>>,
     expected: Vec<MsiMessage>,
+    /// Vectors rung during this operation (their eventfds must be empty).
+    rung: Vec<u16>,
     delivered_seen: usize,
     commits_seen: u64,
 }
@@ -550,6 +552,7 @@ impl Run {
             pending: vec![false; usize::from(vectors)],
             peers: BTreeMap::new(),
             expected: Vec::new(),
+            rung: Vec::new(),
             delivered_seen: 0,
             commits_seen: 0,
         };
@@ -903,6 +906,7 @@ impl Run {
                 self.with_dev(|d| d.vector_event(v))?;
             }
         }
+        self.rung.push(v);
         let i = usize::from(v);
         if self.deliverable(v) {
             self.expected.push(self.entries[i].message());
@@ -1310,9 +1314,9 @@ impl Run {
         self.delivered_seen = fake.delivered.len();
         self.expected.clear();
         drop(fake);
-        // Nothing is left waiting on our eventfds.
-        for (v, o) in self.own.iter().enumerate() {
-            if o.clone.read().is_ok() {
+        // Nothing is left waiting on the eventfds rung.
+        for v in std::mem::take(&mut self.rung) {
+            if self.own[usize::from(v)].clone.read().is_ok() {
                 return err(format!(
                     "vector {v}'s event was neither delivered nor made pending"
                 ));
