@@ -12,7 +12,7 @@ use ivvmm::fuzz::peer::PeerTarget;
 use ivvmm::fuzz::{quiet_panics, run, Outcome};
 
 fn usage(why: &str) -> ExitCode {
-    eprintln!("fuzz: {why}; usage: fuzz [--ops N] [--seed S] (N like 10000000 or 10M, S decimal or 0x hex)");
+    eprintln!("fuzz: {why}; usage: fuzz [--ops N] [--seed S] [--sabotage irqfds|slots] (N like 10000000 or 10M, S decimal or 0x hex)");
     ExitCode::from(2)
 }
 
@@ -41,6 +41,7 @@ fn parse_seed(s: &str) -> Option<u64> {
 fn main() -> ExitCode {
     let mut ops = 10_000_000u64;
     let mut seed = None;
+    let mut sabotage = Sabotage::None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let value = args.next();
@@ -52,6 +53,12 @@ fn main() -> ExitCode {
             ("--seed", Some(v)) => match parse_seed(&v) {
                 Some(s) => seed = Some(s),
                 None => return usage(&format!("--seed {v} is not a number")),
+            },
+            // Breaks the fake VM on purpose, to see a failure reported.
+            ("--sabotage", Some(v)) => match v.as_str() {
+                "irqfds" => sabotage = Sabotage::KeepIrqfds,
+                "slots" => sabotage = Sabotage::KeepSlots,
+                _ => return usage(&format!("--sabotage {v}: give irqfds or slots")),
             },
             (other, _) => return usage(&format!("unknown or incomplete argument {other}")),
         }
@@ -68,14 +75,7 @@ fn main() -> ExitCode {
     // 80 % of the budget, the protocol (syscalls per operation) the rest.
     let device_ops = ops / 5 * 4;
     let outcomes: Vec<Outcome> = vec![
-        run(
-            &DeviceTarget {
-                sabotage: Sabotage::None,
-            },
-            seed,
-            device_ops,
-            1000,
-        ),
+        run(&DeviceTarget { sabotage }, seed, device_ops, 1000),
         run(&PeerTarget, seed ^ 0x5eed, ops - device_ops, 200),
     ];
     let (mut total, mut failures) = (0, 0);
