@@ -14,8 +14,9 @@ use kvm_bindings::{
     kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
-use kvm_ioctls::VmFd;
 use thiserror::Error;
+
+use crate::vm_ops::VmOps;
 
 /// GSIs below this are the IOAPIC's pins (and, below 16, the PICs').
 pub const IOAPIC_PINS: u32 = 24;
@@ -110,14 +111,14 @@ impl IrqRouting {
     }
 
     /// Points `gsi` at `msg` and commits the whole table to KVM.
-    pub fn set_msi_route(&self, vm: &VmFd, gsi: u32, msg: MsiMessage) -> Result<(), IrqError> {
+    pub fn set_msi_route(&self, vm: &dyn VmOps, gsi: u32, msg: MsiMessage) -> Result<(), IrqError> {
         let mut t = self.lock();
         t.routes.insert(gsi, vec![msi_entry(gsi, msg)]);
         commit(vm, &t)
     }
 
     /// Removes the route of `gsi` (keeping the GSI reserved) and commits.
-    pub fn clear_route(&self, vm: &VmFd, gsi: u32) -> Result<(), IrqError> {
+    pub fn clear_route(&self, vm: &dyn VmOps, gsi: u32) -> Result<(), IrqError> {
         let mut t = self.lock();
         if gsi >= IOAPIC_PINS && t.routes.remove(&gsi).is_some() {
             commit(vm, &t)?;
@@ -135,7 +136,7 @@ impl IrqRouting {
     }
 }
 
-fn commit(vm: &VmFd, t: &Table) -> Result<(), IrqError> {
+fn commit(vm: &dyn VmOps, t: &Table) -> Result<(), IrqError> {
     let entries: Vec<_> = t.routes.values().flatten().copied().collect();
     let routing =
         KvmIrqRouting::from_entries(&entries).map_err(|e| IrqError::Build(format!("{e:?}")))?;

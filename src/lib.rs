@@ -13,6 +13,8 @@ pub mod client;
 pub mod config;
 pub mod devices;
 pub mod fdlimit;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
 pub mod irq;
 pub mod logger;
 pub mod protocol;
@@ -21,4 +23,5 @@ pub mod server;
 pub mod shm;
 pub mod stop;
 pub mod vcpu;
+pub mod vm_ops;
 pub mod vmm;

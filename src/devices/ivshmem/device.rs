@@ -144,6 +144,25 @@ impl IvshmemDevice {
         self.plain_doorbells
     }
 
+    /// Where BAR `bar` is mapped now (for the fuzz harness's invariants).
+    #[cfg(any(test, feature = "fuzz"))]
+    pub fn mapped_at(&self, bar: usize) -> Option<u64> {
+        self.mapped.get(bar).and_then(|m| m.at)
+    }
+
+    /// The MSI-X state (for the fuzz harness, which reads it as the guest
+    /// would, through `read_table` and `read_pba`).
+    #[cfg(any(test, feature = "fuzz"))]
+    pub fn msix(&self) -> Option<&MsixState> {
+        self.msix.as_ref()
+    }
+
+    /// The interrupts, to announce peers as the server connection would.
+    #[cfg(any(test, feature = "fuzz"))]
+    pub fn interrupts_mut(&mut self) -> Option<&mut Interrupts> {
+        self.interrupts.as_mut()
+    }
+
     /// Guest MMIO read on BAR `bar`.
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
         match (bar, &self.msix) {
@@ -307,22 +326,30 @@ impl IvshmemDevice {
     /// Makes MMIO ranges, the memory slot and doorbells match the config:
     /// each BAR is mapped at its programmed address while memory decode is
     /// on and the address is usable, and unmapped otherwise.
+    ///
+    /// Everything that moves is unmapped before anything is mapped: BAR0
+    /// moving to where BAR1 was in the same change (a swap) must not find
+    /// BAR1 still there. A BAR that could not be mapped (it overlaps the
+    /// other one on the bus) is tried again on every change.
     fn sync_mappings(&mut self) {
         let decode = self.config.memory_enabled();
-        for bar in 0..3usize {
-            let Some(b) = self.config.bar(bar) else {
-                continue;
-            };
-            let want = (decode && self.env.bar_address_usable(b.addr, b.size)).then_some(b.addr);
-            let have = self.mapped[bar].at;
-            if want == have {
-                continue;
+        let mut want: [Option<u64>; 3] = [None; 3];
+        for (bar, want) in want.iter_mut().enumerate() {
+            if let Some(b) = self.config.bar(bar) {
+                *want = (decode && self.env.bar_address_usable(b.addr, b.size)).then_some(b.addr);
             }
-            if let Some(old) = have {
-                self.unmap(bar, old);
+        }
+        for (bar, want) in want.iter().enumerate() {
+            match self.mapped[bar].at {
+                Some(old) if Some(old) != *want => self.unmap(bar, old),
+                _ => {}
             }
-            if let Some(new) = want {
-                self.map(bar, new);
+        }
+        for (bar, want) in want.iter().enumerate() {
+            if let Some(new) = *want {
+                if self.mapped[bar].at != Some(new) {
+                    self.map(bar, new);
+                }
             }
         }
         let doorbell_at = self.mapped[0].at.map(|a| a + DOORBELL);

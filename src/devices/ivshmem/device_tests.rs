@@ -41,7 +41,7 @@ fn kvm() -> Option<Kvm> {
     }
 }
 
-fn doorbell_device(vm: Arc<kvm_ioctls::VmFd>) -> Arc<std::sync::Mutex<IvshmemDevice>> {
+fn doorbell_device(vm: Arc<dyn crate::vm_ops::VmOps>) -> Arc<std::sync::Mutex<IvshmemDevice>> {
     let irq = Arc::new(IrqRouting::new());
     let env = IvshmemEnv {
         vm: vm.clone(),
@@ -168,4 +168,37 @@ fn random_guest_writes_never_panic_and_leave_a_usable_device() {
     let mut pos = [0u8; 4];
     assert!(mmio.read(0xc000_0008, &mut pos), "BAR0 mapped again");
     assert_eq!(u32::from_le_bytes(pos), 3);
+}
+
+/// Found by the fuzz harness: swapping BAR0 and BAR1 with decode on (BAR0
+/// onto BAR1's address, then BAR1 onto BAR0's old one) left BAR0 unmapped
+/// — and its doorbells unregistered — because BAR0 was mapped before BAR1
+/// had left. Needs no KVM: the recording fake stands in.
+#[test]
+fn swapping_bar0_and_bar1_maps_both() {
+    use crate::vm_ops::fake::RecordingVm;
+    let fake = Arc::new(RecordingVm::new());
+    let dev = doorbell_device(fake.clone());
+    let set = |off: u16, v: u32| dev.lock().unwrap().config_write(off, 4, v);
+    set(0x10, 0xc000_1000); // BAR0 onto BAR1: refused by the bus for now
+    assert_eq!(dev.lock().unwrap().mapped_at(0), None);
+    set(0x14, 0xc000_0000); // BAR1 onto BAR0's old place
+    let d = dev.lock().unwrap();
+    assert_eq!(
+        d.mapped_at(0),
+        Some(0xc000_1000),
+        "BAR0 mapped after the swap"
+    );
+    assert_eq!(d.mapped_at(1), Some(0xc000_0000));
+    let mmio = d.env.mmio.clone();
+    drop(d);
+    let mut pos = [0u8; 4];
+    assert!(mmio.read(0xc000_1008, &mut pos));
+    assert_eq!(u32::from_le_bytes(pos), 3, "IVPOSITION at the new BAR0");
+    let doorbells: Vec<u64> = fake.lock().ioeventfds.keys().map(|k| k.0).collect();
+    assert!(!doorbells.is_empty());
+    assert!(
+        doorbells.iter().all(|&a| a == 0xc000_100c),
+        "{doorbells:x?}"
+    );
 }

@@ -23,12 +23,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::kvm_msi;
-use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::presence::PeerSet;
 use crate::devices::pci::msix::MsixState;
 use crate::irq::{IrqError, IrqRouting, MsiMessage};
+use crate::vm_ops::VmOps;
 
 /// KVM allows 1000 devices on its MMIO bus (NR_IOBUS_DEVS) per VM; the
 /// in-kernel IOAPIC uses one. We stay below with some margin.
@@ -92,7 +92,7 @@ struct PeerDoorbell {
 
 /// The interrupting half of one ivshmem device.
 pub struct Interrupts {
-    vm: Arc<VmFd>,
+    vm: Arc<dyn VmOps>,
     irq: Arc<IrqRouting>,
     own_id: u16,
     incoming: Vec<OwnVector>,
@@ -109,7 +109,7 @@ impl Interrupts {
     /// Takes our id and incoming eventfds from the handshake; every vector
     /// starts masked (MSI-X is disabled at reset), so nothing is attached.
     pub fn new(
-        vm: Arc<VmFd>,
+        vm: Arc<dyn VmOps>,
         irq: Arc<IrqRouting>,
         own_id: u16,
         own: Vec<EventFd>,
@@ -188,7 +188,7 @@ impl Interrupts {
         log::info!("ivshmem: peer {id} left");
         for (v, out) in vectors.into_iter().enumerate() {
             if let Some(mut out) = out {
-                Self::unregister_with(&self.vm, &self.budget, id, v as u16, &mut out);
+                Self::unregister_with(&*self.vm, &self.budget, id, v as u16, &mut out);
             }
         }
         true
@@ -213,7 +213,7 @@ impl Interrupts {
             if let Some(vectors) = self.peers.remove(&id) {
                 for (v, out) in vectors.into_iter().enumerate() {
                     if let Some(mut out) = out {
-                        Self::unregister_with(&self.vm, &self.budget, id, v as u16, &mut out);
+                        Self::unregister_with(&*self.vm, &self.budget, id, v as u16, &mut out);
                     }
                 }
             }
@@ -262,7 +262,7 @@ impl Interrupts {
         }
         if let Some(mut old) = slots[v].take() {
             // A repeated announcement replaces the old doorbell.
-            Self::unregister_with(&self.vm, &self.budget, id, vector, &mut old);
+            Self::unregister_with(&*self.vm, &self.budget, id, vector, &mut old);
         }
         let mut out = PeerDoorbell {
             fd,
@@ -295,7 +295,7 @@ impl Interrupts {
                 }
             }
             for (v, mut out) in taken {
-                Self::unregister_with(&self.vm, &self.budget, id, v, &mut out);
+                Self::unregister_with(&*self.vm, &self.budget, id, v, &mut out);
                 if let Some(addr) = addr {
                     self.register(id, v, &mut out, addr);
                 }
@@ -321,10 +321,7 @@ impl Interrupts {
             return;
         }
         let datamatch = (u32::from(id) << 16) | u32::from(vector);
-        match self
-            .vm
-            .register_ioevent(&out.fd, &IoEventAddress::Mmio(addr), datamatch)
-        {
+        match self.vm.register_ioevent(&out.fd, addr, datamatch) {
             Ok(()) => out.registered = Some(addr),
             Err(e) => {
                 self.budget.give_back();
@@ -335,7 +332,7 @@ impl Interrupts {
     }
 
     fn unregister_with(
-        vm: &VmFd,
+        vm: &dyn VmOps,
         budget: &IoeventfdBudget,
         id: u16,
         vector: u16,
@@ -343,7 +340,7 @@ impl Interrupts {
     ) {
         if let Some(addr) = out.registered.take() {
             let datamatch = (u32::from(id) << 16) | u32::from(vector);
-            if let Err(e) = vm.unregister_ioevent(&out.fd, &IoEventAddress::Mmio(addr), datamatch) {
+            if let Err(e) = vm.unregister_ioevent(&out.fd, addr, datamatch) {
                 log::warn!("ivshmem: removing the doorbell for peer {id} vector {vector}: {e}");
             }
             budget.give_back();
@@ -361,7 +358,7 @@ impl Interrupts {
         if deliverable {
             if let Some(msg) = message {
                 if inc.route != Some(msg) {
-                    match self.irq.set_msi_route(&self.vm, inc.gsi, msg) {
+                    match self.irq.set_msi_route(&*self.vm, inc.gsi, msg) {
                         Ok(()) => inc.route = Some(msg),
                         Err(e) => log::warn!("ivshmem: vector {v}: {e}"),
                     }

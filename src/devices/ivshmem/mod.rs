@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use event_manager::MutEventSubscriber;
-use kvm_ioctls::VmFd;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -38,6 +37,7 @@ use crate::protocol::{self, HandshakeError, PeerConnection};
 use crate::sandbox::SeccompMode;
 use crate::shm::ShmIdentity;
 use crate::shm::{ShmBackend, ShmError, ShmSource, Trust};
+use crate::vm_ops::VmOps;
 use bar0::BAR0_SIZE;
 pub use device::MAX_VECTORS;
 use device::{DeviceParts, IvshmemDevice, BAR1_SIZE, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET};
@@ -113,7 +113,8 @@ impl IvshmemError {
 /// What every ivshmem device of a VM shares.
 #[derive(Clone)]
 pub struct IvshmemEnv {
-    pub vm: Arc<VmFd>,
+    /// The VM's KVM calls (a `VmFd`; a recording fake in tests).
+    pub vm: Arc<dyn VmOps>,
     pub mmio: Arc<Bus>,
     pub irq: Arc<IrqRouting>,
     pub mem_size: u64,
