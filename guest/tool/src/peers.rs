@@ -247,8 +247,13 @@ impl Signals {
         let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
         // SAFETY: `set` is a live sigset_t; the calls only write it, and
         // blocking the signals in this single-threaded process lets the
-        // signalfd receive them instead of the default action.
+        // signalfd receive them instead of the default action. An ignored
+        // signal never reaches a signalfd (a shell ignores SIGINT for
+        // background jobs), so both get their default disposition first,
+        // which blocking then keeps from running.
         let fd = unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
