@@ -14,6 +14,37 @@ pub fn kick_signal() -> i32 {
     vmm_sys_util::signal::SIGRTMIN()
 }
 
+/// Starts a helper thread with every asynchronous signal blocked (it inherits the mask
+/// in force while it is created): SIGINT/SIGTERM belong to the signalfd of
+/// the thread that stops us in order, and a thread that left them
+/// unblocked would take them with their default action, killing the
+/// process without a stop.
+pub fn spawn_without_signals<F>(name: &str, f: F) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let mut blocked = SigSet::all();
+    // Except the synchronous ones: the kernel forces those through a mask
+    // with their default action, which would bypass the seccomp violation
+    // handler (SIGSYS) and the panic/abort paths.
+    for sync in [
+        Signal::SIGSYS,
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGILL,
+        Signal::SIGFPE,
+        Signal::SIGABRT,
+    ] {
+        blocked.remove(sync);
+    }
+    let old = blocked.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK);
+    let spawned = std::thread::Builder::new().name(name.into()).spawn(f);
+    if let Ok(old) = old {
+        let _ = old.thread_set_mask();
+    }
+    spawned
+}
+
 /// Turns SIGINT, SIGTERM and `extra` into events: blocks them in the calling
 /// thread (threads it starts later inherit the mask, so no other thread
 /// takes them) and returns a non-blocking signalfd that reads them. Call it

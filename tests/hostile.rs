@@ -28,6 +28,14 @@ use vmm_sys_util::eventfd::EventFd;
 /// The contract is 100 ms; see the module comment for the slack.
 const STOP_BOUND: Duration = Duration::from_secs(1);
 
+/// The tests here flood, and each measures how fast something stops: run
+/// them one at a time, so a measurement is of one flood on this machine's
+/// two cores, not of a dozen floods starving each other.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn memfd(size: u64) -> OwnedFd {
     // SAFETY: memfd_create with a valid C string; the result is checked.
     let fd = unsafe { libc::memfd_create(c"hostile-ivshmem".as_ptr(), libc::MFD_CLOEXEC) };
@@ -216,11 +224,13 @@ fn idle_vm(extra: &[&str]) -> Running {
 
 #[test]
 fn vm_stops_on_sigterm_while_the_server_floods_unknown_leaves() {
+    let _one = one_at_a_time();
     vm_under_flood(Flood::UnknownLeft);
 }
 
 #[test]
 fn vm_stops_on_sigterm_while_the_server_floods_joins_and_leaves() {
+    let _one = one_at_a_time();
     vm_under_flood(Flood::JoinLeave);
 }
 
@@ -256,6 +266,7 @@ fn vm_under_flood(flood: Flood) {
 
 #[test]
 fn vm_exit_port_works_while_the_server_floods() {
+    let _one = one_at_a_time();
     if !require_kvm() {
         return;
     }
@@ -274,6 +285,7 @@ fn vm_exit_port_works_while_the_server_floods() {
 
 #[test]
 fn vm_ctrl_a_x_works_while_the_server_floods() {
+    let _one = one_at_a_time();
     if !require_kvm() {
         return;
     }
@@ -309,6 +321,7 @@ fn greeting_without_memory(sock: &UnixStream) {
 
 #[test]
 fn vm_handshake_deadline_holds_under_a_flood() {
+    let _one = one_at_a_time();
     if !require_kvm() {
         return;
     }
@@ -330,6 +343,7 @@ fn vm_handshake_deadline_holds_under_a_flood() {
 
 #[test]
 fn client_handshake_deadline_holds_under_a_flood() {
+    let _one = one_at_a_time();
     let fake = Fake::start(greeting_without_memory, Flood::UnknownLeft);
     let start = Instant::now();
     let out = Running::ivvmm(&["client", "-S", fake.path(), "--connect-timeout", "1s"])
@@ -348,6 +362,7 @@ fn client_handshake_deadline_holds_under_a_flood() {
 
 #[test]
 fn client_stops_on_sigterm_while_the_server_floods() {
+    let _one = one_at_a_time();
     for flood in [Flood::UnknownLeft, Flood::JoinLeave] {
         let fake = Fake::start(full_greeting, flood);
         let mut client = Running::ivvmm(&["client", "-S", fake.path(), "-n", "1"]);
@@ -452,6 +467,7 @@ fn vm_against_fd_hungry_server(greet: fn(&UnixStream), extra: &[&str], limit: u6
 
 #[test]
 fn vm_says_when_the_server_sends_more_fds_than_it_may_hold() {
+    let _one = one_at_a_time();
     if !require_kvm() {
         return;
     }
@@ -471,6 +487,7 @@ fn vm_says_when_the_server_sends_more_fds_than_it_may_hold() {
 
 #[test]
 fn a_message_with_too_many_fds_keeps_its_first() {
+    let _one = one_at_a_time();
     if !require_kvm() {
         return;
     }
@@ -486,6 +503,7 @@ fn a_message_with_too_many_fds_keeps_its_first() {
 
 #[test]
 fn raises_the_soft_fd_limit_to_the_hard_one() {
+    let _one = one_at_a_time();
     // A soft limit of 64 under a hard one of 4096: the client raises it and
     // can then take a server with 300 peers, where 64 would not do.
     let path = std::env::temp_dir().join(unique("hostile-soft.sock"));
@@ -552,6 +570,7 @@ fn greeted_within(sock: &Path, within: Duration) -> Duration {
 
 #[test]
 fn server_drops_a_peer_that_floods_it_and_stays_responsive() {
+    let _one = one_at_a_time();
     let (mut server, sock) = start_server();
     // A peer that writes as fast as it can (peers must send nothing).
     let flooder = UnixStream::connect(&sock).unwrap();
@@ -575,6 +594,7 @@ fn server_drops_a_peer_that_floods_it_and_stays_responsive() {
 
 #[test]
 fn server_stays_responsive_under_a_connection_flood() {
+    let _one = one_at_a_time();
     let (mut server, sock) = start_server();
     let stop = Arc::new(AtomicBool::new(false));
     // Two threads connect and hang up as fast as they can (non-blocking
@@ -666,6 +686,7 @@ fn vm_with_stuck_stdout(test: &str) -> (Running, OwnedFd, std::process::ChildStd
 
 #[test]
 fn vm_stops_on_sigterm_when_nobody_reads_its_output() {
+    let _one = one_at_a_time();
     if !require_kvm() {
         return;
     }
@@ -682,6 +703,7 @@ fn vm_stops_on_sigterm_when_nobody_reads_its_output() {
 
 #[test]
 fn vm_exit_port_works_when_nobody_reads_its_output() {
+    let _one = one_at_a_time();
     if !require_kvm() {
         return;
     }

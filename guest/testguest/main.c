@@ -36,6 +36,8 @@ static const struct test_case tests[] = {
 	{ "acpi", test_acpi, true },
 	{ "acpi-poweroff", test_acpi_poweroff, true },
 	{ "acpi-reset", test_acpi_reset, true },
+	{ "presence", test_presence, true },
+	{ "rejoin-pingpong", test_rejoin_pingpong, true },
 };
 
 NORETURN void exit_vm(u8 code)

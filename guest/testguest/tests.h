@@ -25,5 +25,7 @@ void test_doorbell_bad(void);
 void test_acpi(void);
 void test_acpi_poweroff(void);
 void test_acpi_reset(void);
+void test_presence(void);
+void test_rejoin_pingpong(void);
 
 #endif

@@ -74,8 +74,14 @@ pub struct VmArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub vectors: u32,
 
+    /// Never contact the --server again once it is lost (QEMU's behaviour);
+    /// by default ivvmm rejoins it when it comes back with the same memory.
+    #[arg(long, requires = "server")]
+    pub no_rejoin: bool,
+
     /// Another ivshmem device (repeatable): shm=NAME[,size=S] |
-    /// path=FILE[,size=S] | server=SOCK[,vectors=N]. Each is its own PCI function.
+    /// path=FILE[,size=S] | server=SOCK[,vectors=N][,rejoin=on|off]. Each
+    /// is its own PCI function.
     #[arg(long = "ivshmem", value_name = "SPEC")]
     pub ivshmem: Vec<String>,
 
@@ -162,6 +168,7 @@ impl VmArgs {
                 socket: socket.clone(),
                 vectors: check_vectors(self.vectors)?,
                 size,
+                rejoin: !self.no_rejoin,
             });
         }
         for spec in &self.ivshmem {
@@ -207,6 +214,7 @@ pub fn parse_ivshmem_spec(spec: &str) -> Result<IvshmemBacking, ConfigError> {
     let mut kind: Option<(&str, &str)> = None;
     let mut size: Option<u64> = None;
     let mut vectors: Option<u16> = None;
+    let mut rejoin: Option<bool> = None;
     for part in spec.split(',') {
         let (key, value) = part
             .split_once('=')
@@ -231,14 +239,24 @@ pub fn parse_ivshmem_spec(spec: &str) -> Result<IvshmemBacking, ConfigError> {
                     .map_err(|_| bad(format!("vectors={value} is not a number")))?;
                 vectors = Some(check_vectors(n).map_err(|e| bad(e.to_string()))?);
             }
+            "rejoin" => {
+                rejoin = Some(match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad(format!("rejoin={value}: use rejoin=on or rejoin=off"))),
+                });
+            }
             _ => {
                 return Err(bad(format!(
-                    "unknown key '{key}' (known: shm, path, server, size, vectors)"
+                    "unknown key '{key}' (known: shm, path, server, size, vectors, rejoin)"
                 )))
             }
         }
     }
     match kind {
+        Some(("shm" | "path", _)) if rejoin.is_some() => {
+            Err(bad("rejoin= applies to server= only".into()))
+        }
         Some(("shm", name)) if vectors.is_none() => Ok(IvshmemBacking::Shm {
             name: name.to_string(),
             size: size.unwrap_or(DEFAULT_SHM_SIZE),
@@ -251,6 +269,7 @@ pub fn parse_ivshmem_spec(spec: &str) -> Result<IvshmemBacking, ConfigError> {
             socket: PathBuf::from(socket),
             vectors: vectors.unwrap_or(1),
             size,
+            rejoin: rejoin.unwrap_or(true),
         }),
         Some(_) => Err(bad("vectors= applies to server= only".into())),
         None => Err(bad("give one of shm=NAME, path=FILE, server=SOCK".into())),
@@ -355,7 +374,8 @@ mod tests {
             vec![IvshmemBacking::Server {
                 socket: "/tmp/s".into(),
                 vectors: 4,
-                size: None
+                size: None,
+                rejoin: true,
             }]
         );
         let c = config(&["--kernel", "k", "--server", "/tmp/s", "--size", "8M"]).unwrap();

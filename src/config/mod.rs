@@ -36,6 +36,9 @@ pub enum IvshmemBacking {
         socket: PathBuf,
         vectors: u16,
         size: Option<u64>,
+        /// Rejoin the server at `socket` when it comes back with the same
+        /// memory (docs/ivshmem-presence.md); false: QEMU's behaviour.
+        rejoin: bool,
     },
 }
 

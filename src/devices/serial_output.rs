@@ -11,6 +11,7 @@
 //! stops, what is still buffered gets [`DRAIN`] to go out.
 
 use crate::sandbox::{self, SeccompMode, ThreadKind};
+use crate::stop::spawn_without_signals;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
@@ -72,27 +73,15 @@ impl SerialOutput {
             what: what.to_string(),
         });
         let writer = shared.clone();
-        // The thread starts with every signal blocked (it inherits the mask
-        // in force while it is created): SIGINT/SIGTERM are for the event
-        // loop's signalfd, and a thread that left them unblocked would take
-        // them with their default action, killing the VM without a stop.
-        let all = nix::sys::signal::SigSet::all();
-        let old = all.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK);
         let (confined_tx, confined) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("serial-out".into())
-            .spawn(move || {
-                let installed = sandbox::install(ThreadKind::SerialOut, seccomp);
-                let ok = installed.is_ok();
-                let _ = confined_tx.send(installed);
-                if ok {
-                    write_loop(&writer, file);
-                }
-            });
-        if let Ok(old) = old {
-            let _ = old.thread_set_mask();
-        }
-        spawned?;
+        spawn_without_signals("serial-out", move || {
+            let installed = sandbox::install(ThreadKind::SerialOut, seccomp);
+            let ok = installed.is_ok();
+            let _ = confined_tx.send(installed);
+            if ok {
+                write_loop(&writer, file);
+            }
+        })?;
         match confined.recv() {
             Ok(Ok(())) => Ok(SerialOutput { shared }),
             Ok(Err(e)) => Err(io::Error::other(e.to_string())),

@@ -414,6 +414,78 @@ fn client() -> Vec<Allow> {
     t
 }
 
+/// A doorbell device's rejoin thread (devices/ivshmem/rejoin.rs): after
+/// the server is lost it connects to the same socket path again and runs
+/// the handshake. No other network: the socket domain must be AF_UNIX.
+fn rejoin() -> Vec<Allow> {
+    let mut t = runtime();
+    t.extend([
+        when(
+            libc::SYS_socket,
+            "socket(AF_UNIX)",
+            "a new connection to the server's socket path",
+            vec![Cond::Eq {
+                arg: 0,
+                value: libc::AF_UNIX as u64,
+            }],
+        ),
+        any(libc::SYS_connect, "connect", "to the server's socket path"),
+        any(
+            libc::SYS_setsockopt,
+            "setsockopt",
+            "the handshake's receive timeout",
+        ),
+        any(
+            libc::SYS_getsockopt,
+            "getsockopt",
+            "who the server is (SO_PEERCRED)",
+        ),
+        any(libc::SYS_poll, "poll", "the handshake waits for messages"),
+        any(
+            libc::SYS_recvmsg,
+            "recvmsg",
+            "the handshake's messages, with the memory fd and eventfds",
+        ),
+        any(libc::SYS_read, "read", "the handshake"),
+        ioctl(
+            FIONBIO,
+            "ioctl(FIONBIO)",
+            "the new connection made non-blocking for the event loop",
+        ),
+        when(
+            libc::SYS_fcntl,
+            "fcntl(F_DUPFD_CLOEXEC)",
+            "our own eventfds duplicated as our doorbells to ourselves",
+            vec![Cond::Eq {
+                arg: 1,
+                value: libc::F_DUPFD_CLOEXEC as u64,
+            }],
+        ),
+        any(
+            libc::SYS_fstat,
+            "fstat",
+            "is the offered memory ours (inode, size)",
+        ),
+        any(
+            libc::SYS_newfstatat,
+            "newfstatat",
+            "fstat through glibc (AT_EMPTY_PATH)",
+        ),
+        any(libc::SYS_statx, "statx", "fstat through Rust's std"),
+        any(
+            libc::SYS_fstatfs,
+            "fstatfs",
+            "is the offered memory on hugetlbfs (its page size)",
+        ),
+        any(
+            libc::SYS_readlink,
+            "readlink",
+            "/proc/self/fd/N: is a peer's fd an eventfd",
+        ),
+    ]);
+    t
+}
+
 /// The table for `kind`.
 pub fn table(kind: ThreadKind) -> Vec<Allow> {
     match kind {
@@ -424,6 +496,7 @@ pub fn table(kind: ThreadKind) -> Vec<Allow> {
         // It writes guest output and waits on its buffer's condition
         // variables: what every thread does, nothing more.
         ThreadKind::SerialOut => runtime(),
+        ThreadKind::Rejoin => rejoin(),
     }
 }
 

@@ -64,15 +64,18 @@ pub enum ThreadKind {
     Client = 4,
     /// The VM's serial output writer (see devices::serial_output).
     SerialOut = 5,
+    /// A doorbell device's rejoin thread (see devices::ivshmem::rejoin).
+    Rejoin = 6,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 5] = [
+    pub const ALL: [ThreadKind; 6] = [
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
         ThreadKind::Server,
         ThreadKind::Client,
         ThreadKind::SerialOut,
+        ThreadKind::Rejoin,
     ];
 
     /// As the violation message names it.
@@ -83,6 +86,7 @@ impl ThreadKind {
             ThreadKind::Server => "server",
             ThreadKind::Client => "client",
             ThreadKind::SerialOut => "serial output",
+            ThreadKind::Rejoin => "ivshmem rejoin",
         }
     }
 
@@ -180,7 +184,7 @@ pub fn apply(kind: ThreadKind, program: &BpfProgram) -> Result<(), SandboxError>
     THREAD_KIND.with(|k| k.set(kind as u8));
     let installed = match kind {
         ThreadKind::Server | ThreadKind::Client => seccompiler::apply_filter_all_threads(program),
-        ThreadKind::Vmm | ThreadKind::Vcpu | ThreadKind::SerialOut => {
+        ThreadKind::Vmm | ThreadKind::Vcpu | ThreadKind::SerialOut | ThreadKind::Rejoin => {
             seccompiler::apply_filter(program)
         }
     };

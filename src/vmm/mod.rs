@@ -167,6 +167,7 @@ impl Vmm {
             mem_size: config.mem_size,
             phys_bits,
             budget: Arc::new(IoeventfdBudget::default()),
+            seccomp: config.seccomp,
         };
         // Devices with memory slots before the irqchip (see irqchip_and_clock).
         let (root, mut devices) =

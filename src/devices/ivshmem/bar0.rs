@@ -36,6 +36,11 @@ impl Registers {
         }
     }
 
+    /// Our peer id changed (a rejoin, docs/ivshmem-presence.md).
+    pub fn set_ivposition(&mut self, id: u16) {
+        self.ivposition = u32::from(id);
+    }
+
     /// A guest read of `data.len()` bytes at `offset`.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match (offset, data.len()) {

@@ -10,6 +10,11 @@ use kvm_bindings::kvm_userspace_memory_region;
 
 use super::bar0::{doorbell_target, Registers, BAR0_SIZE, DOORBELL};
 use super::interrupts::Interrupts;
+use std::collections::BTreeMap;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::presence::{Presence, PRESENCE_BASE};
 use super::IvshmemEnv;
 use crate::bus::{BusDevice, SharedDevice};
 use crate::devices::pci::config::{ConfigChange, PciConfig};
@@ -70,6 +75,8 @@ pub struct IvshmemDevice {
     msix: Option<MsixState>,
     msix_cap: Option<u8>,
     pub(super) interrupts: Option<Interrupts>,
+    /// The peer-presence extension (doorbell devices).
+    presence: Option<Presence>,
     handlers: [Option<SharedDevice>; 2],
     mapped: [Mapped; 3],
     /// Doorbell writes seen in plain mode (ignored, counted).
@@ -107,6 +114,7 @@ impl IvshmemDevice {
             bar2_slot: parts.bar2_slot,
             msix,
             msix_cap,
+            presence: parts.interrupts.as_ref().map(|i| Presence::new(i.own_id())),
             interrupts: parts.interrupts,
             handlers: [None, None],
             mapped: Default::default(),
@@ -139,6 +147,10 @@ impl IvshmemDevice {
     /// Guest MMIO read on BAR `bar`.
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
         match (bar, &self.msix) {
+            (0, _) if offset >= PRESENCE_BASE => match (&self.presence, &self.interrupts) {
+                (Some(p), Some(i)) => p.read(offset, data, i),
+                _ => data.fill(0),
+            },
             (0, _) => self.regs.read(offset, data),
             (1, Some(msix)) if offset >= MSIX_PBA_OFFSET => {
                 msix.read_pba(offset - MSIX_PBA_OFFSET, data)
@@ -151,6 +163,11 @@ impl IvshmemDevice {
     /// Guest MMIO write on BAR `bar`.
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
         match bar {
+            0 if offset >= PRESENCE_BASE => {
+                if let Some(p) = &mut self.presence {
+                    p.write(offset, data);
+                }
+            }
             0 => {
                 if let Some(value) = self.regs.write(offset, data) {
                     self.doorbell_write(value);
@@ -234,6 +251,50 @@ impl IvshmemDevice {
             db.sync_vector(v, msix);
         }
         db.notify_watch_changed();
+    }
+
+    /// What a guest sees of the peers changed (the event loop applied a
+    /// server message): the extension's generation moves, and the guest's
+    /// notification vector, if it asked for one, is rung.
+    pub fn presence_changed(&mut self) {
+        let ring = self.presence.as_mut().and_then(Presence::changed);
+        self.ring_own(ring);
+    }
+
+    /// The server went away.
+    pub fn server_lost(&mut self) {
+        let ring = self.presence.as_mut().and_then(Presence::lost);
+        self.ring_own(ring);
+    }
+
+    /// Joined a server again as `own_id` (see [`Interrupts::rejoin`]):
+    /// IVPOSITION and the extension follow, unread events of masked
+    /// vectors become pending bits.
+    pub fn rejoined(
+        &mut self,
+        own_id: u16,
+        own: Vec<EventFd>,
+        own_rings: Vec<EventFd>,
+        peers: BTreeMap<u16, Vec<EventFd>>,
+    ) {
+        let Some(db) = &mut self.interrupts else {
+            return;
+        };
+        let pending = db.rejoin(own_id, own, own_rings, peers);
+        if let Some(msix) = &mut self.msix {
+            for v in pending {
+                msix.set_pending(v);
+            }
+        }
+        self.regs.set_ivposition(own_id);
+        let ring = self.presence.as_mut().and_then(|p| p.rejoined(own_id));
+        self.ring_own(ring);
+    }
+
+    fn ring_own(&self, vector: Option<u16>) {
+        if let (Some(v), Some(db)) = (vector, &self.interrupts) {
+            db.ring_own(v);
+        }
     }
 
     /// The event loop saw a masked vector's eventfd fire.

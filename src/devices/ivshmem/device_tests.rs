@@ -50,6 +50,7 @@ fn doorbell_device(vm: Arc<kvm_ioctls::VmFd>) -> Arc<std::sync::Mutex<IvshmemDev
         mem_size: 64 << 20,
         phys_bits: 40,
         budget: Arc::new(IoeventfdBudget::default()),
+        seccomp: crate::sandbox::SeccompMode::Off,
     };
     let shm = ShmBackend::memfd(1 << 20, true).unwrap();
     let mapping = shm.map().unwrap();

@@ -26,6 +26,7 @@ use kvm_bindings::kvm_msi;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::presence::PeerSet;
 use crate::devices::pci::msix::MsixState;
 use crate::irq::{IrqError, IrqRouting, MsiMessage};
 
@@ -159,32 +160,97 @@ impl Interrupts {
         self.peers.keys().copied().collect()
     }
 
-    /// A peer's `vector` can be rung through `fd`.
-    pub fn peer_joined(&mut self, id: u16, vector: u16, fd: EventFd) {
+    /// A peer's `vector` can be rung through `fd`. Returns true if what a
+    /// guest sees of the peers changed (a new peer, or a new vector).
+    pub fn peer_joined(&mut self, id: u16, vector: u16, fd: EventFd) -> bool {
         if id == self.own_id {
             log::info!("ivshmem: server announced our own id {id} again; ignored");
-            return;
+            return false;
         }
-        if !self.peers.contains_key(&id) {
+        let before = self.peer_vectors(id);
+        if before == 0 {
             self.stats.peers_joined.fetch_add(1, Ordering::Relaxed);
             log::info!("ivshmem: peer {id} joined");
         }
         self.add_outgoing(id, vector, fd);
+        self.peer_vectors(id) != before
     }
 
-    /// A peer left: its doorbells go away.
-    pub fn peer_left(&mut self, id: u16) {
+    /// A peer left: its doorbells go away. Returns true if it was there.
+    pub fn peer_left(&mut self, id: u16) -> bool {
         if id == self.own_id {
-            return;
+            return false;
         }
-        if let Some(vectors) = self.peers.remove(&id) {
-            self.stats.peers_left.fetch_add(1, Ordering::Relaxed);
-            log::info!("ivshmem: peer {id} left");
-            for (v, out) in vectors.into_iter().enumerate() {
-                if let Some(mut out) = out {
-                    Self::unregister_with(&self.vm, &self.budget, id, v as u16, &mut out);
+        let Some(vectors) = self.peers.remove(&id) else {
+            return false;
+        };
+        self.stats.peers_left.fetch_add(1, Ordering::Relaxed);
+        log::info!("ivshmem: peer {id} left");
+        for (v, out) in vectors.into_iter().enumerate() {
+            if let Some(mut out) = out {
+                Self::unregister_with(&self.vm, &self.budget, id, v as u16, &mut out);
+            }
+        }
+        true
+    }
+
+    /// Joined a server again (docs/ivshmem-presence.md): our id is `own_id`
+    /// now, our vectors ring through `own` (same count), and the peers are
+    /// the new server's. Doorbells to the old peers go; attached vectors
+    /// move their irqfd to the new eventfd on the same GSI and route. An
+    /// event left unread on an old, detached eventfd is returned as the
+    /// vectors to mark pending. `own_rings` are duplicates of `own`, our
+    /// doorbells to ourselves.
+    pub fn rejoin(
+        &mut self,
+        own_id: u16,
+        own: Vec<EventFd>,
+        own_rings: Vec<EventFd>,
+        peers: BTreeMap<u16, Vec<EventFd>>,
+    ) -> Vec<u16> {
+        let old_ids: Vec<u16> = self.peers.keys().copied().collect();
+        for id in old_ids {
+            if let Some(vectors) = self.peers.remove(&id) {
+                for (v, out) in vectors.into_iter().enumerate() {
+                    if let Some(mut out) = out {
+                        Self::unregister_with(&self.vm, &self.budget, id, v as u16, &mut out);
+                    }
                 }
             }
+        }
+        let mut pending = Vec::new();
+        for (v, (inc, evt)) in self.incoming.iter_mut().zip(own).enumerate() {
+            if inc.attached {
+                if let Err(e) = self.vm.unregister_irqfd(&inc.evt, inc.gsi) {
+                    log::warn!("ivshmem: vector {v}: detaching the old irqfd failed: {e}");
+                }
+                if let Err(e) = self.vm.register_irqfd(&evt, inc.gsi) {
+                    log::warn!("ivshmem: vector {v}: attaching the new irqfd failed: {e}");
+                    inc.attached = false;
+                }
+            } else if inc.evt.read().is_ok() {
+                pending.push(v as u16);
+            }
+            inc.evt = evt;
+        }
+        self.own_id = own_id;
+        for (v, fd) in own_rings.into_iter().enumerate() {
+            self.add_outgoing(own_id, v as u16, fd);
+        }
+        for (id, fds) in peers {
+            for (v, fd) in fds.into_iter().enumerate() {
+                self.peer_joined(id, v as u16, fd);
+            }
+        }
+        self.notify_watch_changed();
+        pending
+    }
+
+    /// Rings our own vector `v`, as a peer's doorbell would (the presence
+    /// notification): delivered through MSI-X, pending while masked.
+    pub fn ring_own(&self, v: u16) {
+        if let Some(inc) = self.incoming.get(usize::from(v)) {
+            let _ = inc.evt.write(1);
         }
     }
 
@@ -365,6 +431,27 @@ impl Interrupts {
     /// Asks the event loop to re-read [`watched_fds`](Self::watched_fds).
     pub fn notify_watch_changed(&self) {
         let _ = self.watch_changed.write(1);
+    }
+}
+
+impl PeerSet for Interrupts {
+    fn peer_count(&self) -> u32 {
+        self.peers.keys().filter(|&&id| id != self.own_id).count() as u32
+    }
+
+    fn next_peer(&self, from: u32) -> Option<u16> {
+        let from = u16::try_from(from).ok()?;
+        self.peers
+            .range(from..)
+            .map(|(id, _)| *id)
+            .find(|&id| id != self.own_id)
+    }
+
+    fn peer_vectors(&self, id: u16) -> u16 {
+        if id == self.own_id {
+            return 0;
+        }
+        self.peers.get(&id).map_or(0, |slots| slots.len() as u16)
     }
 }
 

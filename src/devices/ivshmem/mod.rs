@@ -13,6 +13,8 @@
 pub mod bar0;
 pub mod device;
 pub mod interrupts;
+pub mod presence;
+pub mod rejoin;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -33,12 +35,14 @@ use crate::devices::pci::config::{BarKind, ConfigError, PciConfig, PciIds, COMMA
 use crate::devices::pci::msix::{msix_capability, MsixError, MsixState, MSIX_CAP_ID};
 use crate::irq::{IrqError, IrqRouting};
 use crate::protocol::{self, HandshakeError, PeerConnection};
+use crate::sandbox::SeccompMode;
 use crate::shm::{ShmBackend, ShmError, ShmSource};
 use bar0::BAR0_SIZE;
 pub use device::MAX_VECTORS;
 use device::{DeviceParts, IvshmemDevice, BAR1_SIZE, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET};
 use interrupts::{Interrupts, IoeventfdBudget};
-use watch::DeviceWatch;
+use rejoin::{MemoryIdentity, RejoinTarget, Rejoiner};
+use watch::WatchParts;
 
 /// The ids QEMU gives ivshmem: Red Hat's vendor id, class "RAM memory",
 /// revision 1, and QEMU's default subsystem ids.
@@ -88,6 +92,8 @@ pub enum IvshmemError {
     Msix { index: usize, source: MsixError },
     #[error("ivshmem{index}: interrupts: {0}", .source)]
     Irq { index: usize, source: IrqError },
+    #[error("ivshmem{index}: starting the rejoin thread failed: {err}; use rejoin=off (--no-rejoin) to go without")]
+    Rejoin { index: usize, err: std::io::Error },
 }
 
 impl IvshmemError {
@@ -113,6 +119,8 @@ pub struct IvshmemEnv {
     /// Guest physical address bits (CPUID 0x80000008).
     pub phys_bits: u8,
     pub budget: Arc<IoeventfdBudget>,
+    /// The sandbox mode for the threads devices start (rejoin).
+    pub seccomp: SeccompMode,
 }
 
 impl IvshmemEnv {
@@ -171,6 +179,8 @@ struct Joined {
     conn: PeerConnection,
     socket: PathBuf,
     vectors: u16,
+    /// The memory a rejoined server must offer again; None: no rejoining.
+    rejoin: Option<MemoryIdentity>,
     id: u16,
     own: Vec<EventFd>,
     peers: BTreeMap<u16, Vec<EventFd>>,
@@ -218,13 +228,9 @@ impl Ivshmem {
             None => None,
         };
         let function = IvshmemDevice::create(parts);
-        let subscriber = watch.map(|(conn, socket, watch_changed)| {
-            Arc::new(Mutex::new(DeviceWatch::new(
-                function.clone(),
-                conn,
-                socket,
-                watch_changed,
-            ))) as Arc<Mutex<dyn MutEventSubscriber + Send>>
+        let subscriber = watch.map(|watch| {
+            Arc::new(Mutex::new(watch.attach(function.clone())))
+                as Arc<Mutex<dyn MutEventSubscriber + Send>>
         });
         log::info!(
             "ivshmem{index}: {} ({}) at BAR2 {bar2:#x}",
@@ -291,7 +297,7 @@ fn open_backing(
     backing: &IvshmemBacking,
 ) -> Result<(ShmBackend, u64, Option<Joined>), IvshmemError> {
     let mem_err = |source| IvshmemError::Memory { index, source };
-    let (socket, vectors, size) = match backing {
+    let (socket, vectors, size, rejoin) = match backing {
         IvshmemBacking::Shm { name, size } => {
             let backend = ShmBackend::open(&ShmSource::Name(name.clone()), *size);
             return Ok((backend.map_err(mem_err)?, *size, None));
@@ -304,7 +310,8 @@ fn open_backing(
             socket,
             vectors,
             size,
-        } => (socket, *vectors, *size),
+            rejoin,
+        } => (socket, *vectors, *size, *rejoin),
     };
     let (conn, hs) = protocol::connect(socket, vectors, HANDSHAKE_TIMEOUT)
         .map_err(|source| IvshmemError::Handshake { index, source })?;
@@ -325,10 +332,12 @@ fn open_backing(
         // then); round the BAR up, the tail unbacked.
         None => shm.checked_next_power_of_two().unwrap_or(shm),
     };
+    let rejoin = rejoin.then(|| MemoryIdentity::of(&hs.shm)).flatten();
     let joined = Joined {
         conn,
         socket: socket.clone(),
         vectors,
+        rejoin,
         id: hs.id,
         own: hs.own,
         peers: hs.peers,
@@ -362,14 +371,15 @@ fn plain_config(
 }
 
 /// Makes a plain device a doorbell one: BAR1 with the MSI-X table and PBA,
-/// the MSI-X capability, IVPOSITION = our id, and the interrupts (our
-/// vectors' GSIs, the peers' doorbells). Returns what the event loop needs
-/// to watch the server and the masked vectors.
+/// the MSI-X and peer-presence capabilities, IVPOSITION = our id, the
+/// interrupts (our vectors' GSIs, the peers' doorbells) and, unless
+/// rejoining is off, the (sleeping) rejoin thread. Returns the event-loop
+/// subscriber, still without its device (see [`WatchParts::attach`]).
 fn add_doorbell(
     parts: &mut DeviceParts,
     joined: Joined,
     alloc: &mut BarAllocator,
-) -> Result<(PeerConnection, PathBuf, EventFd), IvshmemError> {
+) -> Result<WatchParts, IvshmemError> {
     let index = parts.index;
     let cfg_err = |source| IvshmemError::Config { index, source };
     let irq_err = |source| IvshmemError::Irq { index, source };
@@ -396,6 +406,12 @@ fn add_doorbell(
         .config
         .add_capability(MSIX_CAP_ID, &body, &wmask)
         .map_err(cfg_err)?;
+    // The peer-presence extension's announcement (read-only).
+    let vendor = presence::capability_body();
+    parts
+        .config
+        .add_capability(presence::VENDOR_CAP_ID, &vendor, &[0; 10])
+        .map_err(cfg_err)?;
     let env = &parts.env;
     let mut interrupts = Interrupts::new(
         env.vm.clone(),
@@ -414,8 +430,26 @@ fn add_doorbell(
         .watch_changed
         .try_clone()
         .map_err(|e| irq_err(IrqError::Build(e.to_string())))?;
+    let rejoiner = match joined.rejoin {
+        Some(memory) => {
+            let target = RejoinTarget {
+                index,
+                socket: joined.socket.clone(),
+                vectors: joined.vectors,
+                memory,
+            };
+            let spawned = Rejoiner::spawn(target, parts.env.seccomp);
+            Some(spawned.map_err(|err| IvshmemError::Rejoin { index, err })?)
+        }
+        None => None,
+    };
     parts.ivposition = joined.id;
     parts.msix = Some((MsixState::new(joined.vectors), cap));
     parts.interrupts = Some(interrupts);
-    Ok((joined.conn, joined.socket, watch_changed))
+    Ok(WatchParts {
+        conn: joined.conn,
+        server: joined.socket,
+        watch_changed,
+        rejoiner,
+    })
 }

@@ -16,7 +16,32 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::IvshmemDevice;
+use super::rejoin::{Rejoined, Rejoiner};
 use crate::protocol::{PeerConnection, PeerEvent};
+
+/// What a [`DeviceWatch`] is made of before its device exists.
+pub struct WatchParts {
+    pub conn: PeerConnection,
+    pub server: PathBuf,
+    /// Written when the set of masked vectors to watch changes.
+    pub watch_changed: EventFd,
+    /// None: rejoining is off (QEMU's behaviour).
+    pub rejoiner: Option<Rejoiner>,
+}
+
+impl WatchParts {
+    pub fn attach(self, dev: Arc<Mutex<IvshmemDevice>>) -> DeviceWatch {
+        DeviceWatch {
+            dev,
+            conn: self.conn,
+            server: self.server,
+            watch_changed: self.watch_changed,
+            rejoiner: self.rejoiner,
+            watched: BTreeMap::new(),
+            server_gone: false,
+        }
+    }
+}
 
 /// The event-loop subscriber of one doorbell device.
 pub struct DeviceWatch {
@@ -24,28 +49,13 @@ pub struct DeviceWatch {
     conn: PeerConnection,
     server: PathBuf,
     watch_changed: EventFd,
+    rejoiner: Option<Rejoiner>,
     /// Vector → fd currently in the epoll set.
     watched: BTreeMap<u16, RawFd>,
     server_gone: bool,
 }
 
 impl DeviceWatch {
-    pub fn new(
-        dev: Arc<Mutex<IvshmemDevice>>,
-        conn: PeerConnection,
-        server: PathBuf,
-        watch_changed: EventFd,
-    ) -> Self {
-        DeviceWatch {
-            dev,
-            conn,
-            server,
-            watch_changed,
-            watched: BTreeMap::new(),
-            server_gone: false,
-        }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, IvshmemDevice> {
         self.dev.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -96,18 +106,20 @@ impl DeviceWatch {
             }
             for event in events {
                 // One device lock per event, so a vCPU waits for one at most.
-                match event {
-                    PeerEvent::PeerJoined { id, vector, fd } => {
-                        if let Some(db) = &mut self.lock().interrupts {
-                            db.peer_joined(id, vector, fd);
-                        }
+                let mut dev = self.lock();
+                let changed = match (event, &mut dev.interrupts) {
+                    (PeerEvent::ServerGone, _) => {
+                        gone = true;
+                        false
                     }
-                    PeerEvent::PeerLeft { id } => {
-                        if let Some(db) = &mut self.lock().interrupts {
-                            db.peer_left(id);
-                        }
+                    (PeerEvent::PeerJoined { id, vector, fd }, Some(db)) => {
+                        db.peer_joined(id, vector, fd)
                     }
-                    PeerEvent::ServerGone => gone = true,
+                    (PeerEvent::PeerLeft { id }, Some(db)) => db.peer_left(id),
+                    (_, None) => false,
+                };
+                if changed {
+                    dev.presence_changed();
                 }
             }
             if start.elapsed() >= SERVER_TURN_BUDGET {
@@ -115,13 +127,60 @@ impl DeviceWatch {
             }
         }
         if gone {
-            self.server_gone = true;
-            let _ = ops.remove(Events::new(&self.conn, EventSet::IN));
-            log::warn!(
-                "ivshmem server {} went away: the VM keeps running with the peers it has; new peers can't join until the VM restarts",
-                self.server.display()
-            );
+            self.server_lost(ops);
         }
+    }
+
+    fn server_lost(&mut self, ops: &mut EventOps) {
+        self.server_gone = true;
+        let _ = ops.remove(Events::new(&self.conn, EventSet::IN));
+        self.lock().server_lost();
+        match &self.rejoiner {
+            Some(rejoiner) => {
+                log::warn!(
+                    "ivshmem server {} went away: the VM keeps running with the peers it has, and rejoins when a server with the same memory is back",
+                    self.server.display()
+                );
+                rejoiner.start();
+            }
+            None => log::warn!(
+                "ivshmem server {} went away: the VM keeps running with the peers it has; new peers can't join until the VM restarts (rejoining is off)",
+                self.server.display()
+            ),
+        }
+    }
+
+    /// The rejoin thread has a new connection: the device takes its id,
+    /// eventfds and peers; the loop watches the new connection and the
+    /// new eventfds of masked vectors.
+    fn rejoined(&mut self, ops: &mut EventOps) {
+        let Some(new) = self.rejoiner.as_ref().and_then(Rejoiner::take) else {
+            return;
+        };
+        // The old eventfds close below, and their numbers may come back
+        // for the new ones: leave nothing of them in the epoll set.
+        for (_, fd) in std::mem::take(&mut self.watched) {
+            let _ = ops.remove(Events::new_raw(fd, EventSet::IN));
+        }
+        let Rejoined {
+            conn,
+            id,
+            own,
+            own_rings,
+            peers,
+        } = new;
+        let count = peers.len();
+        self.lock().rejoined(id, own, own_rings, peers);
+        self.conn = conn;
+        self.server_gone = false;
+        if let Err(e) = ops.add(Events::new(&self.conn, EventSet::IN)) {
+            log::error!("ivshmem: can't watch the rejoined server connection: {e:?}");
+        }
+        self.reconcile(ops);
+        log::warn!(
+            "ivshmem server {} is back: rejoined as id {id} with {count} peers",
+            self.server.display()
+        );
     }
 }
 
@@ -141,6 +200,11 @@ impl MutEventSubscriber for DeviceWatch {
         if let Err(e) = ops.add(Events::new(&self.watch_changed, EventSet::IN)) {
             log::error!("ivshmem: can't watch vector mask changes: {e:?}");
         }
+        if let Some(rejoiner) = &self.rejoiner {
+            if let Err(e) = ops.add(Events::new(&rejoiner.ready, EventSet::IN)) {
+                log::error!("ivshmem: can't watch for a rejoined server: {e:?}");
+            }
+        }
         self.reconcile(ops);
     }
 
@@ -150,6 +214,12 @@ impl MutEventSubscriber for DeviceWatch {
             if !self.server_gone {
                 self.server_messages(ops);
             }
+        } else if self
+            .rejoiner
+            .as_ref()
+            .is_some_and(|r| r.ready.as_raw_fd() == fd)
+        {
+            self.rejoined(ops);
         } else if fd == self.watch_changed.as_raw_fd() {
             let _ = self.watch_changed.read();
             self.reconcile(ops);

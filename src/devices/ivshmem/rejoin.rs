@@ -1,0 +1,217 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! [`Rejoiner`]: after the server connection ended, a thread of its own
+//! tries the same socket path again (100 ms, then doubling up to one try a
+//! second) and hands the event loop a new connection — but only one that
+//! offers the same shared memory (docs/ivshmem-presence.md). The thread
+//! exists from the start (no thread may be created once the VM runs under
+//! its seccomp filter) and sleeps until the server is lost.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::sys::stat::fstat;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::HANDSHAKE_TIMEOUT;
+use crate::protocol::{self, PeerConnection};
+use crate::sandbox::{self, SeccompMode, ThreadKind};
+use crate::shm::ShmBackend;
+use crate::stop::spawn_without_signals;
+
+/// The first try comes this long after the loss; each failure doubles it.
+const FIRST_TRY: Duration = Duration::from_millis(100);
+/// Never more than this between two tries.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What makes two servers' memory the same object: device, inode, size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+}
+
+impl MemoryIdentity {
+    pub fn of(shm: &ShmBackend) -> Option<Self> {
+        let st = fstat(shm.file().as_fd()).ok()?;
+        Some(MemoryIdentity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: shm.size(),
+        })
+    }
+}
+
+/// A new connection, ready for the device.
+pub struct Rejoined {
+    pub conn: PeerConnection,
+    pub id: u16,
+    pub own: Vec<EventFd>,
+    /// Duplicates of `own`: our doorbells to ourselves. Made here, so the
+    /// event loop's thread need not be allowed to duplicate fds.
+    pub own_rings: Vec<EventFd>,
+    pub peers: BTreeMap<u16, Vec<EventFd>>,
+}
+
+#[derive(Default)]
+struct State {
+    trying: bool,
+    result: Option<Rejoined>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Where to rejoin and what to accept.
+pub struct RejoinTarget {
+    pub index: usize,
+    pub socket: PathBuf,
+    pub vectors: u16,
+    pub memory: MemoryIdentity,
+}
+
+/// The event loop's handle on one device's rejoin thread.
+pub struct Rejoiner {
+    shared: Arc<Shared>,
+    /// Readable when [`take`](Self::take) has a connection.
+    pub ready: EventFd,
+}
+
+impl Rejoiner {
+    /// Starts the (sleeping) thread; it confines itself with `seccomp`
+    /// before this returns.
+    pub fn spawn(target: RejoinTarget, seccomp: SeccompMode) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+        });
+        let ready = EventFd::new(EFD_NONBLOCK)?;
+        let (thread_shared, thread_ready) = (shared.clone(), ready.try_clone()?);
+        let (confined_tx, confined) = std::sync::mpsc::channel();
+        let name = format!("ivshmem{}-rejoin", target.index);
+        spawn_without_signals(&name, move || {
+            let installed = sandbox::install(ThreadKind::Rejoin, seccomp);
+            let ok = installed.is_ok();
+            let _ = confined_tx.send(installed);
+            if ok {
+                rejoin_loop(&thread_shared, &thread_ready, &target);
+            }
+        })?;
+        match confined.recv() {
+            Ok(Ok(())) => Ok(Rejoiner { shared, ready }),
+            Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+            Err(_) => Err(std::io::Error::other("the rejoin thread ended at start")),
+        }
+    }
+
+    /// The server is gone: start trying.
+    pub fn start(&self) {
+        self.shared.lock().trying = true;
+        self.shared.wake.notify_all();
+    }
+
+    /// The connection the thread made, if any (it stops trying then).
+    pub fn take(&self) -> Option<Rejoined> {
+        let _ = self.ready.read();
+        self.shared.lock().result.take()
+    }
+}
+
+fn rejoin_loop(shared: &Shared, ready: &EventFd, target: &RejoinTarget) {
+    loop {
+        let mut st = shared.lock();
+        while !st.trying {
+            st = shared.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(st);
+        if let Some(rejoined) = try_until_joined(shared, target) {
+            let mut st = shared.lock();
+            st.result = Some(rejoined);
+            st.trying = false;
+            drop(st);
+            let _ = ready.write(1);
+        }
+    }
+}
+
+/// Why a server that answered is not one to rejoin.
+fn refusal(target: &RejoinTarget, found: Option<MemoryIdentity>, vectors: usize) -> Option<String> {
+    if found != Some(target.memory) {
+        return Some(match found {
+            Some(m) if m.size != target.memory.size => format!(
+                "it offers {} bytes of shared memory, this VM maps {}",
+                m.size, target.memory.size
+            ),
+            _ => "it offers a different shared-memory object than the one this VM maps (restart it with the same -M NAME --keep-shm)".into(),
+        });
+    }
+    (vectors != usize::from(target.vectors)).then(|| {
+        format!(
+            "it gives {vectors} vectors per peer, this device has {}",
+            target.vectors
+        )
+    })
+}
+
+fn try_until_joined(shared: &Shared, target: &RejoinTarget) -> Option<Rejoined> {
+    let mut wait = FIRST_TRY;
+    let mut said: Option<String> = None;
+    loop {
+        // A condition-variable wait as the sleep: nothing wakes it early,
+        // but it needs no syscall beyond what every thread has (futex).
+        let st = shared.lock();
+        let (st, _) = shared
+            .wake
+            .wait_timeout(st, wait)
+            .unwrap_or_else(|e| e.into_inner());
+        drop(st);
+        wait = (wait * 2).min(MAX_BACKOFF);
+        let (conn, hs) = match protocol::connect(&target.socket, target.vectors, HANDSHAKE_TIMEOUT)
+        {
+            Ok(joined) => joined,
+            Err(e) => {
+                log::debug!("ivshmem{}: rejoin: {e}", target.index);
+                continue;
+            }
+        };
+        match refusal(target, MemoryIdentity::of(&hs.shm), hs.own.len()) {
+            None => {
+                let own_rings: Result<Vec<EventFd>, _> =
+                    hs.own.iter().map(EventFd::try_clone).collect();
+                match own_rings {
+                    Ok(own_rings) => {
+                        return Some(Rejoined {
+                            conn,
+                            id: hs.id,
+                            own: hs.own,
+                            own_rings,
+                            peers: hs.peers,
+                        })
+                    }
+                    Err(e) => log::warn!("ivshmem{}: rejoin: {e}", target.index),
+                }
+            }
+            Some(why) => {
+                if said.as_ref() != Some(&why) {
+                    log::warn!(
+                        "ivshmem{}: a server is back at {} but this VM stays away: {why}; mapping other memory under a running guest would corrupt its data. Still trying, in case the right server comes back",
+                        target.index,
+                        target.socket.display()
+                    );
+                    said = Some(why);
+                }
+            }
+        }
+    }
+}
