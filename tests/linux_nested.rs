@@ -17,11 +17,12 @@ mod common;
 mod linux;
 
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::{missing, repo, wait_with_deadline};
 use linux::checks;
-use linux::{val, Output};
+use linux::{kv, val, Output};
 
 /// run.sh's own QEMU limit (300 s) and a retry after a stall, plus a
 /// static ivvmm build.
@@ -119,14 +120,15 @@ fn scenarios(stdout: &str) -> Vec<Scenario<'_>> {
     all
 }
 
-#[test]
-fn linux_runs_every_guest_check_in_ivvmm_on_nested_svm() {
-    if let Some(why) = missing_prerequisite() {
-        missing(&why);
-        return;
-    }
+/// One nested QEMU run at a time: two TCG L1s on this host's cores would
+/// starve each other into stalls.
+static NESTED: Mutex<()> = Mutex::new(());
+
+/// guest/nested/run.sh with `list`; its stdout and everything it printed.
+fn run_nested(list: &str) -> (String, String) {
+    let _one = NESTED.lock().unwrap_or_else(|e| e.into_inner());
     let child = Command::new(repo().join("guest/nested/run.sh"))
-        .arg("info,host,phases,sysfs,pat,rmmod,term,demo")
+        .arg(list)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -135,7 +137,17 @@ fn linux_runs_every_guest_check_in_ivvmm_on_nested_svm() {
     let out = wait_with_deadline(child, DEADLINE);
     let all = format!("{}\n{}", out.stderr, out.stdout);
     assert_eq!(out.code(), 0, "guest/nested/run.sh failed\n{all}");
-    let runs = scenarios(&out.stdout);
+    (out.stdout, all)
+}
+
+#[test]
+fn linux_runs_every_guest_check_in_ivvmm_on_nested_svm() {
+    if let Some(why) = missing_prerequisite() {
+        missing(&why);
+        return;
+    }
+    let (stdout, all) = run_nested("info,host,phases,sysfs,pat,rmmod,term,demo");
+    let runs = scenarios(&stdout);
     let names: Vec<&str> = runs.iter().map(|s| s.name).collect();
     assert_eq!(
         names,
@@ -208,4 +220,169 @@ fn linux_runs_every_guest_check_in_ivvmm_on_nested_svm() {
     );
     let ok = demo.l1("demo| demo: OK: two VMs exchanged 200 doorbells");
     assert_eq!(ok.len(), 1, "{}", said.join("\n"));
+}
+
+/// Every `generation=N` in `lines`, in order.
+fn generations(lines: &[&str]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|l| kv(l, "generation"))
+        .map(|g| g.parse().expect("a generation number"))
+        .collect()
+}
+
+/// The id `ivvmm client` printed first (`L1 clientN id=...`).
+fn client_id(s: &Scenario, n: u32) -> String {
+    let line = s.l1(&format!("client{n} id="));
+    assert_eq!(line.len(), 1, "{}", s.lines.join("\n"));
+    val(line[0], "id").to_string()
+}
+
+#[test]
+fn linux_sees_peers_come_and_go_and_rejoins_a_restarted_server_on_nested_svm() {
+    if let Some(why) = missing_prerequisite() {
+        missing(&why);
+        return;
+    }
+    let (stdout, all) = run_nested("presence,rejoin");
+    let runs = scenarios(&stdout);
+    let names: Vec<&str> = runs.iter().map(|s| s.name).collect();
+    assert_eq!(names, ["presence", "rejoin"], "{all}");
+    for s in &runs {
+        s.assert_passed();
+    }
+    let [presence, rejoin] = &runs[..] else {
+        unreachable!("checked above");
+    };
+
+    // A host client joins and leaves while the VM watches with change
+    // events, then another while it samples with no notification.
+    let out = presence.vm("presence");
+    out.assert_ok();
+    let text: Vec<&str> = out.text.lines().collect();
+    let shown = out.lines("peers: ok dev=");
+    assert_eq!(
+        shown.len(),
+        2,
+        "before and after the watches\n{}",
+        out.tail()
+    );
+    let first = shown[0];
+    assert_eq!(val(first, "link"), "connected", "{first}");
+    assert_eq!(val(first, "count"), "0", "alone on the server: {first}");
+    assert_eq!(val(first, "notify"), "none", "no notification by default");
+    let watching = out.lines("peers: watching");
+    assert_eq!(watching.len(), 2, "{}", out.tail());
+    assert_eq!(val(watching[0], "notify"), "1", "the last of 2 vectors");
+    assert_eq!(val(watching[1], "notify"), "none", "{}", watching[1]);
+    let changes = out.lines("peers: change");
+    assert_eq!(
+        changes.len(),
+        4,
+        "a join and a leave each time\n{}",
+        out.tail()
+    );
+    let (c1, c2) = (client_id(presence, 1), client_id(presence, 2));
+    for (line, (joined, left, via)) in changes.iter().zip([
+        (c1.as_str(), "none", "event"),
+        ("none", c1.as_str(), "event"),
+        (c2.as_str(), "none", "interval"),
+        ("none", c2.as_str(), "interval"),
+    ]) {
+        assert_eq!(val(line, "joined"), joined, "{line}");
+        assert_eq!(val(line, "left"), left, "{line}");
+        assert_eq!(val(line, "via"), via, "{line}");
+        assert_eq!(val(line, "link"), "connected", "{line}");
+    }
+    assert_eq!(val(changes[0], "count"), "1", "{}", changes[0]);
+    assert!(
+        val(changes[0], "ids").starts_with(&format!("{c1}:")),
+        "{}",
+        changes[0]
+    );
+    let gens = generations(&text);
+    assert!(
+        gens.windows(2).all(|g| g[0] <= g[1]),
+        "generation went back: {gens:?}"
+    );
+    let at_change = generations(&changes);
+    assert!(at_change.windows(2).all(|g| g[0] < g[1]), "{at_change:?}");
+    for done in out.lines("peers: ok watched") {
+        assert_eq!(val(done, "backwards"), "0", "{done}");
+        assert_eq!(val(done, "changes"), "2", "{done}");
+    }
+    for n in [1, 2] {
+        let step = out.line(&format!("STEP watch-{n} "));
+        assert_eq!(val(step, "rc"), "0", "SIGTERM ends a watch cleanly: {step}");
+    }
+    // The notification interrupts arrive on vector 1, and only while asked
+    // for: sampling adds none, and the driver turned PR_NOTIFY off.
+    let events = |tag: &str| -> Vec<u64> {
+        let line = out.line(&format!("EVENTS {tag} "));
+        line.split_whitespace()
+            .skip(2)
+            .map(|c| c.parse().expect("an event count"))
+            .collect()
+    };
+    assert_eq!(events("before"), [0, 0]);
+    let ev = events("event");
+    assert_eq!(ev[0], 0, "vector 0 got nothing: {ev:?}");
+    assert!(
+        ev[1] >= 2,
+        "a notification for the join and the leave: {ev:?}"
+    );
+    assert_eq!(events("interval"), ev, "no interrupt without notification");
+    assert_eq!(out.line("NOTIFY after-event "), "NOTIFY after-event none");
+    assert_eq!(val(shown[1], "notify"), "none", "{}", shown[1]);
+    assert_eq!(val(shown[1], "count"), "0", "{}", shown[1]);
+
+    // The server is SIGKILLed and restarted on the same -M object: the
+    // link goes lost, then rejoined with a new id, and a new peer is seen.
+    let out = rejoin.vm("rejoin");
+    out.assert_ok();
+    let text: Vec<&str> = out.text.lines().collect();
+    let (c1, c2) = (client_id(rejoin, 1), client_id(rejoin, 2));
+    let shown = out.lines("peers: ok dev=");
+    assert_eq!(shown.len(), 2, "before and after\n{}", out.tail());
+    let before = shown[0];
+    let old_id = val(before, "own_id").to_string();
+    let pos = |tag: &str| {
+        out.line(&format!("POSITION {tag} "))
+            .split_whitespace()
+            .nth(2)
+            .expect("a position")
+            .to_string()
+    };
+    assert_eq!(pos("before"), old_id, "own_id is IVPOSITION");
+    assert_eq!(val(before, "link"), "connected", "{before}");
+    assert_eq!(val(before, "rejoins"), "0", "{before}");
+    assert!(
+        val(before, "ids").starts_with(&format!("{c1}:")),
+        "{before}"
+    );
+    let changes = out.lines("peers: change");
+    assert_eq!(changes.len(), 4, "{}", out.tail());
+    assert_eq!(val(changes[0], "left"), c1, "{}", changes[0]);
+    assert_eq!(val(changes[1], "link"), "lost", "{}", changes[1]);
+    assert_eq!(val(changes[2], "link"), "rejoined", "{}", changes[2]);
+    assert_eq!(val(changes[2], "rejoins"), "1", "{}", changes[2]);
+    assert_eq!(val(changes[3], "joined"), c2, "{}", changes[3]);
+    let after = shown[1];
+    assert_eq!(val(after, "link"), "rejoined", "{after}");
+    assert_eq!(val(after, "rejoins"), "1", "{after}");
+    let new_id = val(after, "own_id");
+    assert_eq!(pos("after"), new_id, "own_id is the new IVPOSITION");
+    assert_ne!(
+        new_id, old_id,
+        "the first server gave id {old_id} after the client's {c1}; the new one starts afresh"
+    );
+    assert!(val(after, "ids").starts_with(&format!("{c2}:")), "{after}");
+    let gens = generations(&text);
+    assert!(
+        gens.windows(2).all(|g| g[0] <= g[1]),
+        "generation went back: {gens:?}"
+    );
+    let at_change = generations(&changes);
+    assert!(at_change.windows(2).all(|g| g[0] < g[1]), "{at_change:?}");
+    assert_eq!(val(out.line("peers: ok watched"), "backwards"), "0");
 }

@@ -13,7 +13,7 @@ mod common;
 mod linux;
 
 use linux::checks::{self, GUEST_OFFSETS, HOST_PATTERN, MIB4};
-use linux::{TempDir, Vm};
+use linux::{val, TempDir, Vm};
 
 #[test]
 fn driver_binds_every_plain_device_with_its_sysfs_attributes() {
@@ -131,4 +131,21 @@ fn two_vms_ping_pong_through_the_driver_over_ivvmm_server() {
     let ping = ping.finish();
     let pong = pong.finish();
     checks::assert_ping_pong_phases(&ping, &pong);
+}
+
+#[test]
+fn qemu_ivshmem_has_no_peer_presence_and_ivshm_peers_says_unsupported() {
+    // QEMU's doorbell device on `ivvmm server` and a plain one: neither has
+    // the IVPR capability (docs/ivshmem-presence.md), so the driver never
+    // touches BAR0 above 16 and reports every presence file unsupported.
+    let dir = TempDir::new("presence");
+    let sock = dir.path().join("sock");
+    let _server = checks::start_server(&sock);
+    let out = Vm::new("presence-qemu", "sh /tests/presence-none.sh")
+        .doorbell(&sock, 2)
+        .plain(&dir.path().join("plain"), "1M")
+        .run();
+    checks::assert_presence_unsupported(&out, &["ivshmem0", "ivshmem1"]);
+    let info = out.line("info: ok dev=/dev/ivshmem0");
+    assert_eq!(val(info, "vectors"), "2", "the doorbell device: {info}");
 }

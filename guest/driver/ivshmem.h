@@ -8,10 +8,13 @@
  *           must lie within BAR2. Memory type: module parameter `cache`
  *           (default write-back).
  *   read    one __u64 event count per MSI-X vector (blocks until a count
- *           changed since this file's last read; O_NONBLOCK: EAGAIN).
+ *           changed since this file's last read; O_NONBLOCK: EAGAIN); a
+ *           file subscribed with IVSHMEM_IOC_NOTIFY gets one more, the
+ *           peer-change count, after them.
  *   poll    EPOLLIN when a count changed since this file's last read;
  *           EPOLLHUP|EPOLLERR once the device is gone.
- *   ioctl   IVSHMEM_IOC_INFO, IVSHMEM_IOC_RING, IVSHMEM_IOC_WAIT below.
+ *   ioctl   IVSHMEM_IOC_INFO, IVSHMEM_IOC_RING, IVSHMEM_IOC_WAIT,
+ *           IVSHMEM_IOC_NOTIFY below.
  */
 #ifndef _UAPI_IVSHMEM_H
 #define _UAPI_IVSHMEM_H
@@ -67,8 +70,37 @@ struct ivshmem_wait {
 	__u64 count;
 };
 
+/*
+ * ivshmem_wait.vector for the peer-change count of a file subscribed with
+ * IVSHMEM_IOC_NOTIFY (EINVAL on a file that is not).
+ */
+#define IVSHMEM_EVENT_PEERS 0xffffffffu
+
+/*
+ * Subscribe this open file to peer/link change events (ivvmm's peer
+ * presence extension, docs/ivshmem-presence.md; EOPNOTSUPP without it,
+ * e.g. on QEMU). The first subscriber turns on PR_NOTIFY on one MSI-X
+ * vector, the last close turns it off; until then no device interrupts
+ * for changes. A notification is an interrupt on that vector: its event
+ * count grows too, like a doorbell on it (with one vector, a doorbell
+ * user on vector 0 sees it as an extra event).
+ * In:  vector = IVSHMEM_NOTIFY_ANY (the vector already notifying, else the
+ *      last one) or a vector number (EBUSY if another is already in use,
+ *      EINVAL if >= vectors, ENXIO with no vectors); flags = 0.
+ * Out: vector = the one used; count = the peer-change count now, which
+ *      grows (never goes back) on each change seen by the handler.
+ * Idempotent per file; the subscription ends when the file is closed.
+ */
+#define IVSHMEM_NOTIFY_ANY (-1)
+struct ivshmem_notify {
+	__s32 vector;
+	__u32 flags; /* must be 0 */
+	__u64 count;
+};
+
 #define IVSHMEM_IOC_INFO _IOR(IVSHMEM_IOC_MAGIC, 0x00, struct ivshmem_info)
 #define IVSHMEM_IOC_RING _IOW(IVSHMEM_IOC_MAGIC, 0x01, struct ivshmem_ring)
 #define IVSHMEM_IOC_WAIT _IOWR(IVSHMEM_IOC_MAGIC, 0x02, struct ivshmem_wait)
+#define IVSHMEM_IOC_NOTIFY _IOWR(IVSHMEM_IOC_MAGIC, 0x03, struct ivshmem_notify)
 
 #endif /* _UAPI_IVSHMEM_H */

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * ivshmem: the character device /dev/ivshmemN — mmap of BAR2, event
- * counts (read, poll, IVSHMEM_IOC_WAIT) and doorbells (IVSHMEM_IOC_RING).
+ * counts (read, poll, IVSHMEM_IOC_WAIT), doorbells (IVSHMEM_IOC_RING) and
+ * peer-change events (IVSHMEM_IOC_NOTIFY).
  */
 #include <linux/fs.h>
 #include <linux/io.h>
@@ -64,6 +65,8 @@ static int ivshmem_release(struct inode *inode, struct file *filp)
 	mutex_lock(&idev->files_lock);
 	list_del(&ifile->node);
 	mutex_unlock(&idev->files_lock);
+	if (ifile->pr_sub)
+		ivshmem_pr_unsubscribe(idev);
 	kfree(ifile->seen);
 	kfree(ifile);
 	put_device(&idev->dev);
@@ -153,7 +156,9 @@ static bool ivshmem_changed(struct ivshmem_file *ifile)
 	for (i = 0; i < idev->nvec; i++)
 		if (atomic64_read(&idev->vecs[i].count) != ifile->seen[i])
 			return true;
-	return false;
+	/* pr_seen is only read once pr_sub is set (IVSHMEM_IOC_NOTIFY). */
+	return smp_load_acquire(&ifile->pr_sub) &&
+	       (u64)atomic64_read(&idev->pr_changes) != READ_ONCE(ifile->pr_seen);
 }
 
 static ssize_t ivshmem_read(struct file *filp, char __user *buf, size_t len,
@@ -197,6 +202,17 @@ static ssize_t ivshmem_read(struct file *filp, char __user *buf, size_t len,
 			goto out;
 		}
 		ifile->seen[i] = now;
+	}
+	/* A subscribed file: the peer-change count follows the vectors'. */
+	if (smp_load_acquire(&ifile->pr_sub) && len / sizeof(u64) > idev->nvec) {
+		u64 now = atomic64_read(&idev->pr_changes);
+
+		if (put_user(now, out + n)) {
+			ret = -EFAULT;
+			goto out;
+		}
+		WRITE_ONCE(ifile->pr_seen, now);
+		n++;
 	}
 	ret = n * sizeof(u64);
 out:
@@ -250,17 +266,21 @@ static long ivshmem_ioctl_ring(struct ivshmem_dev *idev, void __user *arg)
 	return ret;
 }
 
-static long ivshmem_ioctl_wait(struct ivshmem_dev *idev, void __user *arg)
+static long ivshmem_ioctl_wait(struct ivshmem_file *ifile, void __user *arg)
 {
+	struct ivshmem_dev *idev = ifile->idev;
 	struct ivshmem_wait w;
 	atomic64_t *count;
 	long ret;
 
 	if (copy_from_user(&w, arg, sizeof(w)))
 		return -EFAULT;
-	if (w.vector >= idev->nvec)
+	if (w.vector == IVSHMEM_EVENT_PEERS && smp_load_acquire(&ifile->pr_sub))
+		count = &idev->pr_changes;
+	else if (w.vector < idev->nvec)
+		count = &idev->vecs[w.vector].count;
+	else
 		return -EINVAL;
-	count = &idev->vecs[w.vector].count;
 
 #define IVSHMEM_WAIT_DONE (READ_ONCE(idev->dead) || (u64)atomic64_read(count) != w.count)
 	if (w.timeout_ms < 0) {
@@ -287,6 +307,43 @@ static long ivshmem_ioctl_wait(struct ivshmem_dev *idev, void __user *arg)
 	return ret;
 }
 
+/*
+ * Subscribe this file to peer/link change events. Serialised with read()
+ * by read_lock, so pr_seen starts at the count returned here.
+ */
+static long ivshmem_ioctl_notify(struct ivshmem_file *ifile, void __user *arg)
+{
+	struct ivshmem_dev *idev = ifile->idev;
+	struct ivshmem_notify nt;
+	int used;
+	long ret;
+
+	if (copy_from_user(&nt, arg, sizeof(nt)))
+		return -EFAULT;
+	if (nt.flags)
+		return -EINVAL;
+	if (mutex_lock_interruptible(&ifile->read_lock))
+		return -ERESTARTSYS;
+	if (ifile->pr_sub) {
+		used = READ_ONCE(idev->pr_vec);
+		ret = nt.vector != IVSHMEM_NOTIFY_ANY && nt.vector != used ? -EBUSY : 0;
+	} else {
+		ret = ivshmem_pr_subscribe(idev, nt.vector, &used);
+		if (!ret) {
+			WRITE_ONCE(ifile->pr_seen, atomic64_read(&idev->pr_changes));
+			smp_store_release(&ifile->pr_sub, true);
+		}
+	}
+	if (!ret) {
+		nt.vector = used;
+		nt.count = ifile->pr_seen;
+	}
+	mutex_unlock(&ifile->read_lock);
+	if (ret)
+		return ret;
+	return copy_to_user(arg, &nt, sizeof(nt)) ? -EFAULT : 0;
+}
+
 static long ivshmem_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 {
 	struct ivshmem_file *ifile = filp->private_data;
@@ -298,7 +355,9 @@ static long ivshmem_ioctl(struct file *filp, unsigned int cmd, unsigned long arg
 	case IVSHMEM_IOC_RING:
 		return ivshmem_ioctl_ring(ifile->idev, uarg);
 	case IVSHMEM_IOC_WAIT:
-		return ivshmem_ioctl_wait(ifile->idev, uarg);
+		return ivshmem_ioctl_wait(ifile, uarg);
+	case IVSHMEM_IOC_NOTIFY:
+		return ivshmem_ioctl_notify(ifile, uarg);
 	default:
 		return -ENOTTY;
 	}

@@ -2,7 +2,7 @@
 /*
  * ivshmem: PCI side of the ivvmm guest driver for the ivshmem device
  * (1af4:1110, plain and doorbell): probe/remove, MSI-X vectors, sysfs
- * attributes and the module glue.
+ * attributes, ivvmm's peer-presence extension and the module glue.
  */
 #include <linux/idr.h>
 #include <linux/interrupt.h>
@@ -109,9 +109,290 @@ static ssize_t events_show(struct device *dev, struct device_attribute *attr,
 }
 static DEVICE_ATTR_RO(events);
 
+/* ---- Peer presence (docs/ivshmem-presence.md) ---- */
+
+/*
+ * Compare PR_GENERATION with what we saw last; count a change. Called from
+ * the notify vector's handler and when notification is turned on. Callers
+ * hold a reference that keeps regs mapped (a requested irq, or idev->lock
+ * read with !dead).
+ */
+static void ivshmem_pr_check(struct ivshmem_dev *idev)
+{
+	unsigned long flags;
+	u32 gen;
+
+	spin_lock_irqsave(&idev->pr_gen_lock, flags);
+	gen = ioread32(idev->regs + IVSHMEM_REG_PR_GENERATION);
+	if (gen != idev->pr_gen_seen) {
+		idev->pr_gen_seen = gen;
+		atomic64_inc(&idev->pr_changes);
+	}
+	spin_unlock_irqrestore(&idev->pr_gen_lock, flags);
+}
+
+/*
+ * One presence register, or -EOPNOTSUPP (no extension) / -ENODEV (gone).
+ * `*val` is only written on success.
+ */
+static int ivshmem_pr_read(struct ivshmem_dev *idev, unsigned int reg, u32 *val)
+{
+	int ret = 0;
+
+	if (!idev->pr)
+		return -EOPNOTSUPP;
+	down_read(&idev->lock);
+	if (idev->dead)
+		ret = -ENODEV;
+	else
+		*val = ioread32(idev->regs + reg);
+	up_read(&idev->lock);
+	return ret;
+}
+
+static ssize_t ivshmem_pr_show(struct ivshmem_dev *idev, unsigned int reg, char *buf)
+{
+	u32 val;
+	int ret = ivshmem_pr_read(idev, reg, &val);
+
+	if (ret == -EOPNOTSUPP)
+		return sysfs_emit(buf, "unsupported\n");
+	if (ret)
+		return ret;
+	return sysfs_emit(buf, "%u\n", val);
+}
+
+static ssize_t generation_show(struct device *dev, struct device_attribute *attr,
+			       char *buf)
+{
+	return ivshmem_pr_show(dev_get_drvdata(dev), IVSHMEM_REG_PR_GENERATION, buf);
+}
+static DEVICE_ATTR_RO(generation);
+
+static ssize_t own_id_show(struct device *dev, struct device_attribute *attr,
+			   char *buf)
+{
+	return ivshmem_pr_show(dev_get_drvdata(dev), IVSHMEM_REG_PR_OWN_ID, buf);
+}
+static DEVICE_ATTR_RO(own_id);
+
+static ssize_t rejoins_show(struct device *dev, struct device_attribute *attr,
+			    char *buf)
+{
+	return ivshmem_pr_show(dev_get_drvdata(dev), IVSHMEM_REG_PR_REJOINS, buf);
+}
+static DEVICE_ATTR_RO(rejoins);
+
+static ssize_t link_show(struct device *dev, struct device_attribute *attr,
+			 char *buf)
+{
+	u32 link;
+	int ret = ivshmem_pr_read(dev_get_drvdata(dev), IVSHMEM_REG_PR_LINK, &link);
+
+	if (ret == -EOPNOTSUPP)
+		return sysfs_emit(buf, "unsupported\n");
+	if (ret)
+		return ret;
+	switch (link) {
+	case IVSHMEM_PR_LINK_CONNECTED:
+		return sysfs_emit(buf, "connected\n");
+	case IVSHMEM_PR_LINK_LOST:
+		return sysfs_emit(buf, "lost\n");
+	case IVSHMEM_PR_LINK_REJOINED:
+		return sysfs_emit(buf, "rejoined\n");
+	default:
+		return sysfs_emit(buf, "unknown(%u)\n", link);
+	}
+}
+static DEVICE_ATTR_RO(link);
+
+/* The vector change notifications go to: `none`, or its number. */
+static ssize_t notify_show(struct device *dev, struct device_attribute *attr,
+			   char *buf)
+{
+	struct ivshmem_dev *idev = dev_get_drvdata(dev);
+	int vec;
+
+	if (!idev->pr)
+		return sysfs_emit(buf, "unsupported\n");
+	vec = READ_ONCE(idev->pr_vec);
+	if (vec < 0)
+		return sysfs_emit(buf, "none\n");
+	return sysfs_emit(buf, "%d\n", vec);
+}
+static DEVICE_ATTR_RO(notify);
+
+/* A generation that keeps changing during this many walks: -EAGAIN. */
+#define IVSHMEM_PR_WALK_TRIES 16
+/* Peer ids are 16-bit (the Doorbell register): a walk visits no more. */
+#define IVSHMEM_PR_MAX_PEERS 65536
+
+/*
+ * `id vectors` per present peer, ourselves not included, as one
+ * consistent snapshot: the walk of docs/ivshmem-presence.md, repeated
+ * while PR_GENERATION changed under it. Output that would not fit the
+ * sysfs page (over ~400 peers) is cut at a whole line.
+ */
+static ssize_t peers_show(struct device *dev, struct device_attribute *attr,
+			  char *buf)
+{
+	struct ivshmem_dev *idev = dev_get_drvdata(dev);
+	void __iomem *r = idev->regs;
+	ssize_t ret = -EAGAIN;
+	int tries, len, n;
+	u32 gen, id, next, vecs;
+	char line[24];
+
+	if (!idev->pr)
+		return sysfs_emit(buf, "unsupported\n");
+	if (mutex_lock_interruptible(&idev->pr_lock))
+		return -EINTR;
+	down_read(&idev->lock);
+	if (idev->dead) {
+		ret = -ENODEV;
+		goto out;
+	}
+	for (tries = 0; tries < IVSHMEM_PR_WALK_TRIES; tries++) {
+		len = 0;
+		gen = ioread32(r + IVSHMEM_REG_PR_GENERATION);
+		for (id = 0, n = 0; n < IVSHMEM_PR_MAX_PEERS; n++) {
+			iowrite32(id, r + IVSHMEM_REG_PR_PEER_SELECT);
+			next = ioread32(r + IVSHMEM_REG_PR_PEER_NEXT);
+			/* "none", or a device that walks backwards: done. */
+			if (next == IVSHMEM_PR_NO_PEER || next < id)
+				break;
+			iowrite32(next, r + IVSHMEM_REG_PR_PEER_SELECT);
+			vecs = ioread32(r + IVSHMEM_REG_PR_PEER_VECTORS);
+			snprintf(line, sizeof(line), "%u %u\n", next, vecs);
+			if (len + strlen(line) >= PAGE_SIZE)
+				break;
+			len += sysfs_emit_at(buf, len, "%s", line);
+			id = next + 1;
+			if (!id) /* next was 0xfffffffe... wrapped: stop */
+				break;
+		}
+		if (ioread32(r + IVSHMEM_REG_PR_GENERATION) == gen) {
+			ret = len;
+			break;
+		}
+	}
+out:
+	up_read(&idev->lock);
+	mutex_unlock(&idev->pr_lock);
+	return ret;
+}
+static DEVICE_ATTR_RO(peers);
+
+/*
+ * A file asks for change events: the first one turns PR_NOTIFY on for
+ * `vector` (IVSHMEM_NOTIFY_ANY: the last vector); later ones share it.
+ * Returns 0 and the vector in *used, or -errno (see IVSHMEM_IOC_NOTIFY).
+ */
+int ivshmem_pr_subscribe(struct ivshmem_dev *idev, int vector, int *used)
+{
+	int ret = 0, cur;
+
+	if (!idev->pr)
+		return -EOPNOTSUPP;
+	if (!idev->nvec)
+		return -ENXIO;
+	if (vector < IVSHMEM_NOTIFY_ANY || (vector >= 0 && (u32)vector >= idev->nvec))
+		return -EINVAL;
+	mutex_lock(&idev->pr_lock);
+	down_read(&idev->lock);
+	if (idev->dead) {
+		ret = -ENODEV;
+		goto out;
+	}
+	cur = idev->pr_vec;
+	if (cur >= 0) {
+		if (vector != IVSHMEM_NOTIFY_ANY && vector != cur) {
+			ret = -EBUSY;
+			goto out;
+		}
+	} else {
+		cur = vector == IVSHMEM_NOTIFY_ANY ? (int)idev->nvec - 1 : vector;
+		spin_lock_irq(&idev->pr_gen_lock);
+		idev->pr_gen_seen = ioread32(idev->regs + IVSHMEM_REG_PR_GENERATION);
+		spin_unlock_irq(&idev->pr_gen_lock);
+		WRITE_ONCE(idev->pr_vec, cur);
+		iowrite32(IVSHMEM_PR_NOTIFY_ON | cur, idev->regs + IVSHMEM_REG_PR_NOTIFY);
+		/* A change between the read above and the write: count it. */
+		ivshmem_pr_check(idev);
+		dev_dbg(&idev->pdev->dev, "peer change notification on vector %d\n", cur);
+	}
+	idev->pr_subs++;
+	*used = cur;
+out:
+	up_read(&idev->lock);
+	mutex_unlock(&idev->pr_lock);
+	return ret;
+}
+
+/* A subscribed file closes: the last one turns PR_NOTIFY off. */
+void ivshmem_pr_unsubscribe(struct ivshmem_dev *idev)
+{
+	mutex_lock(&idev->pr_lock);
+	if (!--idev->pr_subs) {
+		down_read(&idev->lock);
+		if (!idev->dead)
+			iowrite32(0, idev->regs + IVSHMEM_REG_PR_NOTIFY);
+		up_read(&idev->lock);
+		WRITE_ONCE(idev->pr_vec, -1);
+	}
+	mutex_unlock(&idev->pr_lock);
+}
+
+/*
+ * Find the IVPR vendor capability. Returns true when the device has the
+ * extension and it is usable: registers in BAR0 (the only place version 1
+ * puts them), BAR0 large enough.
+ */
+static bool ivshmem_pr_detect(struct pci_dev *pdev)
+{
+	u8 pos, len, bar;
+	u32 sig;
+
+	for (pos = pci_find_capability(pdev, PCI_CAP_ID_VNDR); pos;
+	     pos = pci_find_next_capability(pdev, pos, PCI_CAP_ID_VNDR)) {
+		pci_read_config_byte(pdev, pos + PCI_CAP_FLAGS, &len);
+		if (len < IVSHMEM_PR_CAP_LEN)
+			continue;
+		pci_read_config_dword(pdev, pos + IVSHMEM_PR_CAP_SIG, &sig);
+		if (sig != IVSHMEM_PR_SIGNATURE)
+			continue;
+		pci_read_config_byte(pdev, pos + IVSHMEM_PR_CAP_BAR, &bar);
+		if (bar != 0 || pci_resource_len(pdev, 0) < IVSHMEM_BAR0_PR) {
+			dev_warn(&pdev->dev, "IVPR capability names BAR%u (%llu bytes of BAR0): peer presence not used\n",
+				 bar, (unsigned long long)pci_resource_len(pdev, 0));
+			return false;
+		}
+		return true;
+	}
+	return false;
+}
+
+/* With BAR0 mapped: the registers must agree with the capability. */
+static bool ivshmem_pr_check_regs(struct ivshmem_dev *idev)
+{
+	u32 magic = ioread32(idev->regs + IVSHMEM_REG_PR_MAGIC);
+	u32 version = ioread32(idev->regs + IVSHMEM_REG_PR_VERSION);
+
+	if (magic != IVSHMEM_PR_SIGNATURE || version < 1) {
+		dev_warn(&idev->pdev->dev, "IVPR capability but PR_MAGIC %#x, PR_VERSION %u: peer presence not used\n",
+			 magic, version);
+		return false;
+	}
+	/* A driver before us may have left it on. */
+	iowrite32(0, idev->regs + IVSHMEM_REG_PR_NOTIFY);
+	return true;
+}
+
 static struct attribute *ivshmem_attrs[] = {
-	&dev_attr_size.attr,	 &dev_attr_position.attr, &dev_attr_vectors.attr,
-	&dev_attr_cache.attr,	 &dev_attr_events.attr,	  NULL,
+	&dev_attr_size.attr,	   &dev_attr_position.attr, &dev_attr_vectors.attr,
+	&dev_attr_cache.attr,	   &dev_attr_events.attr,   &dev_attr_peers.attr,
+	&dev_attr_link.attr,	   &dev_attr_generation.attr, &dev_attr_own_id.attr,
+	&dev_attr_rejoins.attr,	   &dev_attr_notify.attr,   NULL,
 };
 ATTRIBUTE_GROUPS(ivshmem);
 
@@ -123,9 +404,16 @@ static struct class ivshmem_class = {
 static irqreturn_t ivshmem_irq(int irq, void *data)
 {
 	struct ivshmem_vector *vec = data;
+	struct ivshmem_dev *idev = vec->idev;
 
+	/*
+	 * The notify vector may carry doorbells too: count the interrupt for
+	 * the vector in any case, and a change only if the generation moved.
+	 */
+	if (READ_ONCE(idev->pr_vec) == vec - idev->vecs)
+		ivshmem_pr_check(idev);
 	atomic64_inc(&vec->count);
-	wake_up_interruptible_all(&vec->idev->wq);
+	wake_up_interruptible_all(&idev->wq);
 	return IRQ_HANDLED;
 }
 
@@ -284,6 +572,10 @@ static int ivshmem_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	init_waitqueue_head(&idev->wq);
 	mutex_init(&idev->files_lock);
 	INIT_LIST_HEAD(&idev->files);
+	mutex_init(&idev->pr_lock);
+	spin_lock_init(&idev->pr_gen_lock);
+	idev->pr_vec = -1;
+	atomic64_set(&idev->pr_changes, 0);
 	device_initialize(&idev->dev);
 	idev->dev.class = &ivshmem_class;
 	idev->dev.parent = &pdev->dev;
@@ -318,10 +610,14 @@ static int ivshmem_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	idev->shm_phys = pci_resource_start(pdev, 2);
 	idev->shm_size = pci_resource_len(pdev, 2);
 
+	idev->pr = ivshmem_pr_detect(pdev);
+
 	ret = -ENOMEM;
-	idev->regs = pci_iomap(pdev, 0, IVSHMEM_BAR0_MIN);
+	idev->regs = pci_iomap(pdev, 0, idev->pr ? IVSHMEM_BAR0_PR : IVSHMEM_BAR0_MIN);
 	if (!idev->regs)
 		goto err_release;
+	if (idev->pr)
+		idev->pr = ivshmem_pr_check_regs(idev);
 	idev->shm_kva = ivshmem_map_shm(idev);
 	if (!idev->shm_kva) {
 		dev_err(&pdev->dev, "cannot map BAR2 %s\n", cache_name(idev->cache_req));
@@ -344,9 +640,10 @@ static int ivshmem_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		goto err_vectors;
 	pci_set_drvdata(pdev, idev);
 
-	dev_info(&pdev->dev, "%s: %llu KiB at %pa (%s), position %d, %u vectors\n",
+	dev_info(&pdev->dev, "%s: %llu KiB at %pa (%s), position %d, %u vectors%s\n",
 		 dev_name(&idev->dev), idev->shm_size >> 10, &idev->shm_phys,
-		 cache_name(idev->cache), ivshmem_position(idev), idev->nvec);
+		 cache_name(idev->cache), ivshmem_position(idev), idev->nvec,
+		 idev->pr ? ", peer presence" : "");
 	return 0;
 
 err_vectors:
@@ -382,6 +679,9 @@ static void ivshmem_remove(struct pci_dev *pdev)
 	/* No fault can map BAR2 anymore; take down what is mapped. */
 	ivshmem_zap_mappings(idev);
 
+	/* No notification once our handlers are gone (files may outlive us). */
+	if (idev->pr)
+		iowrite32(0, idev->regs + IVSHMEM_REG_PR_NOTIFY);
 	ivshmem_free_vectors(idev);
 	iounmap(idev->shm_kva);
 	pci_iounmap(pdev, idev->regs);

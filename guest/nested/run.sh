@@ -8,10 +8,11 @@
 #   run.sh [--verbose] [--rounds N] [SCENARIO[,SCENARIO...]]
 #
 # Scenarios (guest/nested/init): info, host, pingpong, phases, sysfs, pat,
-# rmmod, term; default all of them. Builds what is missing first (L1
-# kernel ~2.5 min, static ivvmm, L2 images). Prints L1's console on
-# stderr as it comes (L2's lines prefixed `L2 <vm>| `), the result lines
-# again on stdout at the end, and exits 0 only when every scenario passed.
+# rmmod, presence, rejoin, term, demo; default all of them. Builds what is
+# missing first (L1 kernel ~2.5 min, static ivvmm, L2 images). Prints
+# L1's console on stderr as it comes (L2's lines prefixed `L2 <vm>| `), the
+# result lines again on stdout at the end, and exits 0 only when every
+# scenario passed.
 #
 # Environment:
 #   IVVMM_NESTED_TIMEOUT  seconds for the whole QEMU run (default 300)

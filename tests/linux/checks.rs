@@ -301,3 +301,39 @@ pub fn start_server(sock: &Path) -> Server {
     }
     Server(child)
 }
+
+/// What /tests/presence-none.sh printed for `devs` (ivshmemN names) that
+/// have no peer-presence extension: every attribute `unsupported`, `ivshm
+/// peers` says so (rc 0), `--watch` refuses (rc 1), `info` still works,
+/// and the driver never claimed the extension.
+pub fn assert_presence_unsupported(out: &Output, devs: &[&str]) {
+    out.assert_ok();
+    assert_eq!(out.lines("PRESENCE ").len(), devs.len(), "{}", out.tail());
+    for dev in devs {
+        let line = out.line(&format!("PRESENCE {dev} "));
+        for attr in ["peers", "link", "generation", "own_id", "rejoins", "notify"] {
+            assert_eq!(val(line, attr), "unsupported", "{attr}: {line}");
+        }
+        assert_eq!(val(out.line(&format!("STEP peers-{dev} ")), "rc"), "0");
+        assert_eq!(
+            val(out.line(&format!("STEP watch-{dev} ")), "rc"),
+            "1",
+            "nothing to watch"
+        );
+    }
+    let said = out.lines("peers: unsupported");
+    assert_eq!(said.len(), 2 * devs.len(), "{}", out.tail());
+    for (line, dev) in said.iter().step_by(2).zip(devs) {
+        assert_eq!(val(line, "dev"), format!("/dev/{dev}"), "{line}");
+    }
+    assert!(
+        out.lines("peers: ok").is_empty(),
+        "no presence without the extension"
+    );
+    assert_eq!(out.lines("info: ok").len(), devs.len(), "{}", out.tail());
+    assert_eq!(
+        val(out.line("STEP dmesg-presence"), "n"),
+        "0",
+        "the driver did not claim the extension"
+    );
+}

@@ -15,6 +15,14 @@ usage: ivshm [--dev /dev/ivshmemN] COMMAND [OPTIONS]
                              answer pings until the pinger says stop
                              (waits: wait ioctl by default, --epoll: epoll +
                              read, --poll: spin on shared memory, no doorbell)
+  peers [--watch [--vector V | --interval MS] [--count N] [--timeout S]]
+                             ivvmm's peer presence: peers (id vectors), link,
+                             generation, own id; `unsupported` on QEMU.
+                             --watch: a line per change until SIGINT/SIGTERM
+                             (or N changes, or S seconds: then it fails);
+                             change events on vector V (default: the
+                             driver's, the last), or --interval: sample
+                             every MS ms with no notification interrupt
   hold [--secs S]            map BAR2 and read it every 100 ms for S seconds
                              (for tests of unbind/rmmod under a live mapping)
   mmio FILE OFFSET [WIDTH [VALUE]]
@@ -40,8 +48,23 @@ pub enum Command {
     Ping(PingOpts),
     Pong(PingOpts),
     Hold { secs: u64 },
+    Peers(PeersOpts),
     Mmio(MmioOpts),
     Help,
+}
+
+/// `peers [--watch ...]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeersOpts {
+    pub watch: bool,
+    /// The notify vector to ask for (None: the driver's choice).
+    pub vector: Option<u16>,
+    /// Sample sysfs this often instead of asking for notifications.
+    pub interval_ms: Option<u64>,
+    /// Stop after this many changes.
+    pub count: Option<u64>,
+    /// Fail after this many seconds.
+    pub timeout_s: Option<u64>,
 }
 
 /// `mmio FILE OFFSET [WIDTH [VALUE]]`: one access to a PCI resource file.
@@ -145,8 +168,15 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, Error> {
     let (mut size, mut ms) = (None, 500);
     let mut po = PingOpts::default();
     let mut secs = 5;
+    let mut pe = PeersOpts::default();
+    let peers = cmd_name == "peers";
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--watch" if peers => pe.watch = true,
+            "--vector" if peers => pe.vector = Some(value(&a, &mut it)?),
+            "--interval" if peers => pe.interval_ms = Some(value(&a, &mut it)?),
+            "--count" if peers => pe.count = Some(value(&a, &mut it)?),
+            "--timeout" if peers => pe.timeout_s = Some(value(&a, &mut it)?),
             "--dev" => {
                 dev = it
                     .next()
@@ -172,6 +202,24 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, Error> {
         "ping" => Command::Ping(po),
         "pong" => Command::Pong(po),
         "hold" => Command::Hold { secs },
+        "peers" => {
+            if !pe.watch && pe != PeersOpts::default() {
+                return Err(Error::Usage(
+                    "peers: --vector, --interval, --count and --timeout go with --watch".into(),
+                ));
+            }
+            if pe.vector.is_some() && pe.interval_ms.is_some() {
+                return Err(Error::Usage(
+                    "peers: --vector asks for notifications, --interval for none: pick one".into(),
+                ));
+            }
+            if pe.interval_ms == Some(0) {
+                return Err(Error::Usage(
+                    "peers: --interval must be at least 1 ms".into(),
+                ));
+            }
+            Command::Peers(pe)
+        }
         "help" | "--help" | "-h" => Command::Help,
         other => return Err(Error::Usage(format!("unknown command '{other}'"))),
     };
@@ -297,6 +345,37 @@ mod tests {
         assert!(matches!(p("mmio r 0 24"), Err(Error::Usage(_))));
         assert!(matches!(p("mmio r"), Err(Error::Usage(_))));
         assert!(matches!(p("mmio r 0 32 1 2"), Err(Error::Usage(_))));
+    }
+
+    #[test]
+    fn peers_options() {
+        let o = |s| match p(s).unwrap().cmd {
+            Command::Peers(o) => o,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(o("peers"), PeersOpts::default());
+        assert_eq!(
+            o("peers --watch --vector 1 --count 2 --timeout 60"),
+            PeersOpts {
+                watch: true,
+                vector: Some(1),
+                interval_ms: None,
+                count: Some(2),
+                timeout_s: Some(60)
+            }
+        );
+        assert_eq!(o("peers --watch --interval 50").interval_ms, Some(50));
+        for bad in [
+            "peers --count 2",
+            "peers --watch --vector 1 --interval 50",
+            "peers --watch --interval 0",
+            "peers --watch --vector",
+            "peers --watch --vector 70000",
+            "peers --host",
+            "info --watch",
+        ] {
+            assert!(matches!(p(bad), Err(Error::Usage(_))), "{bad}");
+        }
     }
 
     #[test]

@@ -43,9 +43,17 @@ struct RawWait {
     count: u64,
 }
 
+#[repr(C)]
+struct RawNotify {
+    vector: i32,
+    flags: u32,
+    count: u64,
+}
+
 pub const IOC_INFO: u64 = ioc(IOC_READ, 0, std::mem::size_of::<RawInfo>());
 pub const IOC_RING: u64 = ioc(IOC_WRITE, 1, std::mem::size_of::<RawRing>());
 pub const IOC_WAIT: u64 = ioc(IOC_READ | IOC_WRITE, 2, std::mem::size_of::<RawWait>());
+pub const IOC_NOTIFY: u64 = ioc(IOC_READ | IOC_WRITE, 3, std::mem::size_of::<RawNotify>());
 
 /// What the driver reports about one device.
 #[derive(Debug, Clone, Copy)]
@@ -173,6 +181,21 @@ impl Device {
             Err(e) if e.raw_os_error() == Some(libc::ETIMEDOUT) => Ok(Wait::Timeout(raw.count)),
             Err(e) => Err(Error::Ioctl("wait", self.path.clone(), e)),
         }
+    }
+
+    /// Subscribe this file to peer/link change events (IVSHMEM_IOC_NOTIFY):
+    /// `vector` -1 lets the driver choose. Returns the vector notifications
+    /// arrive on; from now on `read_counts` has one more count, the
+    /// change count, after the vectors' (and poll sees it).
+    pub fn notify(&self, vector: i32) -> Result<i32, Error> {
+        let mut raw = RawNotify {
+            vector,
+            flags: 0,
+            count: 0,
+        };
+        self.ioctl(IOC_NOTIFY, &mut raw)
+            .map_err(|e| Error::Ioctl("notify", self.path.clone(), e))?;
+        Ok(raw.vector)
     }
 
     /// The current event count of `vector`.
@@ -321,10 +344,12 @@ mod tests {
 
     #[test]
     fn ioctl_numbers_match_the_c_header() {
-        // _IOR(0xE7, 0, 24 bytes), _IOW(0xE7, 1, 8), _IOWR(0xE7, 2, 16)
+        // _IOR(0xE7, 0, 24 bytes), _IOW(0xE7, 1, 8), _IOWR(0xE7, 2, 16),
+        // _IOWR(0xE7, 3, 16)
         assert_eq!(IOC_INFO, 0x8018_E700);
         assert_eq!(IOC_RING, 0x4008_E701);
         assert_eq!(IOC_WAIT, 0xC010_E702);
+        assert_eq!(IOC_NOTIFY, 0xC010_E703);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod bw;
 mod check;
 mod dev;
 mod mmio;
+mod peers;
 mod pingpong;
 mod rendezvous;
 mod stats;
@@ -54,6 +55,10 @@ pub enum Error {
     Mmio(String, io::Error),
     #[error("timed out after {0} s waiting for {1}")]
     Timeout(u64, &'static str),
+    #[error("cannot read {0}: {1}")]
+    Sysfs(String, io::Error),
+    #[error("{0} has no peer-presence extension (QEMU's ivshmem, a plain device, or an older driver): nothing to watch")]
+    Unsupported(String),
 }
 
 fn run(a: args::Args) -> Result<(), Error> {
@@ -118,6 +123,10 @@ fn run(a: args::Args) -> Result<(), Error> {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             println!("hold: ok secs={secs} sum={sum:#x}");
+        }
+        Command::Peers(ref o) if o.watch => peers::watch(&dev, info.vectors, o)?,
+        Command::Peers(_) => {
+            peers::show(&dev)?;
         }
         Command::Pong(ref o) => {
             let r = pingpong::pong(&dev, o)?;
