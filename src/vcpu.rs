@@ -35,6 +35,8 @@ pub struct ExitCounters {
     /// Accesses no device claimed.
     pub unhandled: AtomicU64,
     pub other: AtomicU64,
+    /// KVM_RUN failed on guest memory (EFAULT; see `memory_fault`).
+    pub memory_faults: AtomicU64,
 }
 
 impl ExitCounters {
@@ -49,6 +51,7 @@ impl ExitCounters {
             ("interrupted", get(&self.interrupted)),
             ("unhandled", get(&self.unhandled)),
             ("other", get(&self.other)),
+            ("memory_faults", get(&self.memory_faults)),
         ]
     }
 }
@@ -96,6 +99,9 @@ impl UnhandledLog {
 pub struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
+    /// MMIO ranges under memory slots (BAR2s), consulted when `mmio` has
+    /// nothing: what a slot does not serve, and never above another BAR.
+    pub mmio_under: Arc<Bus>,
     pub stop: Arc<VmStop>,
     pub counters: Arc<ExitCounters>,
     pub unhandled: Arc<UnhandledLog>,
@@ -179,12 +185,17 @@ fn run_loop(mut vcpu: VcpuFd, index: u8, ctx: &VcpuContext) {
 fn run_once(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Option<StopReason> {
     let c = &ctx.counters;
     let exit = match vcpu.run() {
-        Ok(exit) => exit,
+        Ok(VcpuExit::MemoryFault { gpa, .. }) => return memory_fault(index, Some(gpa), ctx),
+        Ok(exit) => {
+            MEMORY_FAULTS.with(|n| n.set(0));
+            exit
+        }
         Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
             vcpu.set_kvm_immediate_exit(0);
             c.interrupted.fetch_add(1, Ordering::Relaxed);
             return None;
         }
+        Err(e) if e.errno() == libc::EFAULT => return memory_fault(index, None, ctx),
         Err(e) => {
             return Some(StopReason::Fatal(format!(
                 "vCPU {index}: KVM_RUN failed: {e}"
@@ -198,7 +209,7 @@ fn run_once(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Option<StopReaso
         }
         VcpuExit::MmioRead(addr, data) => {
             c.mmio_read.fetch_add(1, Ordering::Relaxed);
-            if !ctx.mmio.read(addr, data) {
+            if !ctx.mmio.read(addr, data) && !ctx.mmio_under.read(addr, data) {
                 c.unhandled.fetch_add(1, Ordering::Relaxed);
                 ctx.unhandled.note(true, addr, false, data.len());
                 data.fill(0xff);
@@ -207,7 +218,7 @@ fn run_once(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Option<StopReaso
         }
         VcpuExit::MmioWrite(addr, data) => {
             c.mmio_write.fetch_add(1, Ordering::Relaxed);
-            if !ctx.mmio.write(addr, data) {
+            if !ctx.mmio.write(addr, data) && !ctx.mmio_under.write(addr, data) {
                 c.unhandled.fetch_add(1, Ordering::Relaxed);
                 ctx.unhandled.note(true, addr, true, data.len());
             }
@@ -252,6 +263,36 @@ fn run_once(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Option<StopReaso
             ))
         }
     }
+}
+
+/// How long a vCPU waits, in 1 ms steps, for guest memory that KVM could
+/// not reach to be unmapped by the event loop (devices/ivshmem/backing.rs
+/// follows shared memory that was truncated) before giving up.
+const MEMORY_FAULT_PATIENCE: u32 = 500;
+
+thread_local! {
+    /// KVM_RUNs in a row that failed on guest memory (EFAULT).
+    static MEMORY_FAULTS: Cell<u32> = const { Cell::new(0) };
+}
+
+/// KVM_RUN could not reach guest memory (hardware KVM: the host pages
+/// behind a memory slot are gone — shared memory truncated under us). The
+/// event loop shrinks the slot as soon as it sees the truncation; retry
+/// until then, and stop the VM with one clear line if it never happens.
+fn memory_fault(index: u8, gpa: Option<u64>, ctx: &VcpuContext) -> Option<StopReason> {
+    ctx.counters.memory_faults.fetch_add(1, Ordering::Relaxed);
+    let n = MEMORY_FAULTS.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    if n < MEMORY_FAULT_PATIENCE {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        return None;
+    }
+    let at = gpa.map_or(String::new(), |g| format!(" at guest address {g:#x}"));
+    Some(StopReason::Fatal(format!(
+        "vCPU {index}: KVM cannot reach guest memory{at} (host memory behind it is gone: was shared memory truncated?) and nothing unmapped it within {MEMORY_FAULT_PATIENCE} ms"
+    )))
 }
 
 fn fatal_at(vcpu: &VcpuFd, index: u8, what: &str) -> StopReason {

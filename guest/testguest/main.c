@@ -38,6 +38,7 @@ static const struct test_case tests[] = {
 	{ "acpi-reset", test_acpi_reset, true },
 	{ "presence", test_presence, true },
 	{ "rejoin-pingpong", test_rejoin_pingpong, true },
+	{ "ivshmem-shrink", test_ivshmem_shrink, true },
 };
 
 NORETURN void exit_vm(u8 code)

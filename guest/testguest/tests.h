@@ -27,5 +27,6 @@ void test_acpi_poweroff(void);
 void test_acpi_reset(void);
 void test_presence(void);
 void test_rejoin_pingpong(void);
+void test_ivshmem_shrink(void);
 
 #endif

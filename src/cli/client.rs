@@ -147,6 +147,8 @@ pub fn run(args: ClientArgs) -> Result<(), Error> {
         args.connect_timeout,
         args.server_uid,
     )?;
+    // A peer that truncates the memory must not kill us with SIGBUS.
+    crate::shm::survive_truncation().map_err(Error::Signals)?;
     // Joined: from here on, only the client's syscalls.
     let kind = if args.rejoin && args.command.is_none() {
         ThreadKind::ClientRejoin

@@ -466,6 +466,7 @@ impl Run {
         let env = IvshmemEnv {
             vm: vm.clone(),
             mmio: mmio.clone(),
+            mmio_under: Arc::new(Bus::new("MMIO under memory slots")),
             irq: irq.clone(),
             mem_size: s.mem_size,
             phys_bits: s.phys_bits,

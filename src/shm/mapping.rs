@@ -18,6 +18,8 @@ use vm_memory::{Bytes, FileOffset, VolatileMemory, VolatileSlice};
 #[derive(Debug)]
 pub struct ShmMapping {
     region: MmapRegion<()>,
+    /// Our slot in the truncation handler's registry (see truncation.rs).
+    repair_slot: Option<usize>,
 }
 
 impl ShmMapping {
@@ -40,7 +42,11 @@ impl ShmMapping {
                 MmapRegionError::MappingPastEof => Errno::EINVAL,
                 _ => Errno::EINVAL,
             })?;
-        Ok(ShmMapping { region })
+        let repair_slot = super::truncation::register(region.as_ptr() as usize, len);
+        Ok(ShmMapping {
+            region,
+            repair_slot,
+        })
     }
 
     fn slice(&self) -> VolatileSlice<'_> {
@@ -88,4 +94,14 @@ impl ShmMapping {
 
 fn errno_of(e: std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL))
+}
+
+impl Drop for ShmMapping {
+    fn drop(&mut self) {
+        // Before MmapRegion unmaps: the handler must not repair a range
+        // that is about to be someone else's.
+        if let Some(slot) = self.repair_slot {
+            super::truncation::unregister(slot);
+        }
+    }
 }

@@ -26,10 +26,12 @@
 mod backend;
 mod files;
 mod mapping;
+mod truncation;
 
 pub use backend::{ShmBackend, ShmSource, SHM_DIR};
 pub use files::{describe_uid, validate_shm_name};
 pub use mapping::ShmMapping;
+pub use truncation::survive_truncation;
 
 /// What makes two servers' memory the same object: device, inode, size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

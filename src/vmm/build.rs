@@ -140,6 +140,9 @@ pub(super) fn ivshmem_devices(
         if let Some(watch) = dev.subscriber() {
             events.add(format!("ivshmem{index}"), watch);
         }
+        if let Some(watch) = dev.backing_watch() {
+            events.add(format!("ivshmem{index}-backing"), watch);
+        }
         devices.push(dev);
     }
     Ok((root, devices))

@@ -159,10 +159,12 @@ impl Vmm {
         let stop = Arc::new(VmStop::new().map_err(io_err("the stop event"))?);
         let pio = Arc::new(Bus::new("port I/O"));
         let mmio = Arc::new(Bus::new("MMIO"));
+        let mmio_under = Arc::new(Bus::new("MMIO under memory slots"));
         let mut events = EventLoop::new()?;
         let env = IvshmemEnv {
             vm: vm.clone(),
             mmio: mmio.clone(),
+            mmio_under: mmio_under.clone(),
             irq: Arc::new(IrqRouting::new()),
             mem_size: config.mem_size,
             phys_bits,
@@ -184,6 +186,7 @@ impl Vmm {
         let ctx = VcpuContext {
             pio,
             mmio,
+            mmio_under,
             stop: stop.clone(),
             counters: Arc::new(ExitCounters::default()),
             unhandled: Arc::new(UnhandledLog::default()),

@@ -26,6 +26,8 @@ use crate::shm::ShmMapping;
 pub const BAR1_SIZE: u64 = 4096;
 pub const MSIX_TABLE_OFFSET: u64 = 0;
 pub const MSIX_PBA_OFFSET: u64 = 0x800;
+/// KVM memory slots are in whole pages.
+const PAGE_SIZE: u64 = 4096;
 /// Vectors per device: the MSI-X table (16 bytes an entry) fits below the
 /// PBA at 0x800 of the 4 KiB BAR1, as QEMU lays it out.
 pub const MAX_VECTORS: u16 = (MSIX_PBA_OFFSET / TABLE_ENTRY_SIZE) as u16;
@@ -71,13 +73,18 @@ pub struct IvshmemDevice {
     mapping: ShmMapping,
     /// How much of BAR2 the mapping backs (the rest reads all-ones).
     bar2_backed: u64,
+    /// Whether BAR2's MMIO range is on the bus (not when the guest put it
+    /// over another BAR's).
+    bar2_routed: bool,
     bar2_slot: u32,
     msix: Option<MsixState>,
     msix_cap: Option<u8>,
     pub(super) interrupts: Option<Interrupts>,
     /// The peer-presence extension (doorbell devices).
     presence: Option<Presence>,
-    handlers: [Option<SharedDevice>; 2],
+    /// MMIO handlers of BAR0, BAR1 and BAR2 (BAR2's serves the accesses
+    /// its memory slot does not: see `bar2_read`).
+    handlers: [Option<SharedDevice>; 3],
     mapped: [Mapped; 3],
     /// Doorbell writes seen in plain mode (ignored, counted).
     plain_doorbells: u64,
@@ -111,12 +118,13 @@ impl IvshmemDevice {
             env: parts.env,
             mapping: parts.mapping,
             bar2_backed: parts.bar2_backed,
+            bar2_routed: false,
             bar2_slot: parts.bar2_slot,
             msix,
             msix_cap,
             presence: parts.interrupts.as_ref().map(|i| Presence::new(i.own_id())),
             interrupts: parts.interrupts,
-            handlers: [None, None],
+            handlers: [None, None, None],
             mapped: Default::default(),
             plain_doorbells: 0,
         }));
@@ -128,8 +136,12 @@ impl IvshmemDevice {
                 bar: 0,
             })));
             if has_bar1 {
-                d.handlers[1] = Some(Arc::new(Mutex::new(BarHandler { dev: weak, bar: 1 })));
+                d.handlers[1] = Some(Arc::new(Mutex::new(BarHandler {
+                    dev: weak.clone(),
+                    bar: 1,
+                })));
             }
+            d.handlers[2] = Some(Arc::new(Mutex::new(BarHandler { dev: weak, bar: 2 })));
             d.sync_mappings();
             d.sync_all_vectors();
         }
@@ -175,7 +187,32 @@ impl IvshmemDevice {
                 msix.read_pba(offset - MSIX_PBA_OFFSET, data)
             }
             (1, Some(msix)) => msix.read_table(offset - MSIX_TABLE_OFFSET, data),
+            (2, _) => self.bar2_read(offset, data),
             _ => data.fill(0xff),
+        }
+    }
+
+    /// A guest read of BAR2 that its memory slot did not serve: the tail
+    /// the backing does not cover (it was never there, or it was truncated)
+    /// reads all-ones; memory that exists is read through our mapping —
+    /// that happens only while the slot is being re-created smaller, and
+    /// keeps the guest's data right in that window.
+    fn bar2_read(&self, offset: u64, data: &mut [u8]) {
+        let backed = offset.saturating_add(data.len() as u64) <= self.bar2_backed;
+        let read =
+            backed && usize::try_from(offset).is_ok_and(|o| self.mapping.read(o, data).is_some());
+        if !read {
+            data.fill(0xff);
+        }
+    }
+
+    /// Writes to the tail are dropped; to memory that exists, they go
+    /// through our mapping (see `bar2_read`).
+    fn bar2_write(&self, offset: u64, data: &[u8]) {
+        if offset.saturating_add(data.len() as u64) <= self.bar2_backed {
+            if let Ok(o) = usize::try_from(offset) {
+                let _ = self.mapping.write(o, data);
+            }
         }
     }
 
@@ -199,6 +236,7 @@ impl IvshmemDevice {
                 };
                 self.apply_msix_events(&events);
             }
+            2 => self.bar2_write(offset, data),
             _ => {} // PBA writes are ignored.
         }
     }
@@ -358,41 +396,79 @@ impl IvshmemDevice {
         }
     }
 
+    /// BAR0 and BAR1 are MMIO ranges; BAR2 is an MMIO range (for what its
+    /// slot does not serve) under its memory slot (which KVM prefers).
     fn map(&mut self, bar: usize, addr: u64) {
-        let ok = match bar {
-            2 => self.set_slot(addr, self.bar2_backed),
-            _ => match &self.handlers[bar] {
-                Some(h) => {
-                    let size = if bar == 0 { BAR0_SIZE } else { BAR1_SIZE };
-                    match self.env.mmio.insert(addr, size, h.clone()) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            log::info!(
-                                "ivshmem{}: BAR{bar} at {addr:#x} not mapped: {e}",
-                                self.index
-                            );
-                            false
-                        }
-                    }
-                }
-                None => false,
-            },
+        let Some(h) = self.handlers[bar].clone() else {
+            return;
         };
-        if ok {
-            self.mapped[bar].at = Some(addr);
+        let size = match bar {
+            0 => BAR0_SIZE,
+            1 => BAR1_SIZE,
+            _ => self.config.bar(2).map_or(0, |b| b.size),
+        };
+        let bus = if bar == 2 {
+            &self.env.mmio_under
+        } else {
+            &self.env.mmio
+        };
+        let routed = bus.insert(addr, size, h);
+        if let Err(e) = &routed {
+            log::info!(
+                "ivshmem{}: BAR{bar} at {addr:#x} not routed: {e}",
+                self.index
+            );
+            // BAR2 over another device's BAR2 (a guest's mistake) still gets
+            // its slot, which KVM puts above MMIO, as it always did.
+            if bar != 2 {
+                return;
+            }
         }
+        if bar == 2 && self.bar2_backed > 0 && !self.set_slot(addr, self.bar2_backed) {
+            if routed.is_ok() {
+                let _ = self.env.mmio_under.remove(addr);
+            }
+            return;
+        }
+        if bar == 2 {
+            self.bar2_routed = routed.is_ok();
+        }
+        self.mapped[bar].at = Some(addr);
     }
 
     fn unmap(&mut self, bar: usize, addr: u64) {
-        match bar {
-            2 => {
-                self.set_slot(addr, 0);
-            }
-            _ => {
-                let _ = self.env.mmio.remove(addr);
-            }
+        if bar == 2 && self.bar2_backed > 0 {
+            self.set_slot(addr, 0);
+        }
+        if bar != 2 {
+            let _ = self.env.mmio.remove(addr);
+        } else if std::mem::take(&mut self.bar2_routed) {
+            let _ = self.env.mmio_under.remove(addr);
         }
         self.mapped[bar].at = None;
+    }
+
+    /// The object behind BAR2 is `size` bytes now. If that is less than we
+    /// map, the memory slot shrinks to the pages that still exist (KVM
+    /// changes a slot's size only by deleting and re-creating it): guest
+    /// accesses past them exit to us, read all-ones and are dropped, as for
+    /// the unbacked tail of any BAR2. Returns (mapped before, mapped now).
+    /// Growing back is not followed: the guest was told the memory is gone.
+    pub fn backing_shrank(&mut self, size: u64) -> Option<(u64, u64)> {
+        let now = (size & !(PAGE_SIZE - 1)).min(self.bar2_backed);
+        if now >= self.bar2_backed {
+            return None;
+        }
+        // Shrink first what the MMIO handler serves from the mapping, then
+        // the slot: in between, accesses exit to that handler.
+        let was = std::mem::replace(&mut self.bar2_backed, now);
+        if let Some(addr) = self.mapped[2].at {
+            self.set_slot(addr, 0);
+            if now > 0 {
+                self.set_slot(addr, now);
+            }
+        }
+        Some((was, now))
     }
 
     /// Maps (size > 0) or removes (size 0) BAR2's memory slot.
@@ -453,7 +529,7 @@ impl PciFunction for IvshmemDevice {
 impl Drop for IvshmemDevice {
     fn drop(&mut self) {
         if let Some(addr) = self.mapped[2].at {
-            self.set_slot(addr, 0);
+            self.unmap(2, addr);
         }
     }
 }

@@ -46,6 +46,7 @@ fn doorbell_device(vm: Arc<dyn crate::vm_ops::VmOps>) -> Arc<std::sync::Mutex<Iv
     let env = IvshmemEnv {
         vm: vm.clone(),
         mmio: Arc::new(crate::bus::Bus::new("MMIO")),
+        mmio_under: Arc::new(crate::bus::Bus::new("MMIO under memory slots")),
         irq: irq.clone(),
         mem_size: 64 << 20,
         phys_bits: 40,

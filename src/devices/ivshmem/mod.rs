@@ -10,6 +10,7 @@
 //! BAR2 is a KVM memory slot pointing at the `MAP_SHARED` mapping, so guest
 //! accesses to shared memory never exit to the VMM.
 
+pub mod backing;
 pub mod bar0;
 pub mod device;
 pub mod interrupts;
@@ -38,6 +39,7 @@ use crate::sandbox::SeccompMode;
 use crate::shm::ShmIdentity;
 use crate::shm::{ShmBackend, ShmError, ShmSource, Trust};
 use crate::vm_ops::VmOps;
+use backing::BackingWatch;
 use bar0::BAR0_SIZE;
 pub use device::MAX_VECTORS;
 use device::{DeviceParts, IvshmemDevice, BAR1_SIZE, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET};
@@ -116,6 +118,9 @@ pub struct IvshmemEnv {
     /// The VM's KVM calls (a `VmFd`; a recording fake in tests).
     pub vm: Arc<dyn VmOps>,
     pub mmio: Arc<Bus>,
+    /// Where BAR2's range goes: under its memory slot and under every
+    /// other BAR (see vcpu::VcpuContext::mmio_under).
+    pub mmio_under: Arc<Bus>,
     pub irq: Arc<IrqRouting>,
     pub mem_size: u64,
     /// Guest physical address bits (CPUID 0x80000008).
@@ -173,6 +178,7 @@ pub struct Ivshmem {
     index: usize,
     function: Arc<Mutex<IvshmemDevice>>,
     subscriber: Option<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    backing_watch: Option<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
     backend: ShmBackend,
 }
 
@@ -235,6 +241,8 @@ impl Ivshmem {
             Arc::new(Mutex::new(watch.attach(function.clone())))
                 as Arc<Mutex<dyn MutEventSubscriber + Send>>
         });
+        let backing_watch = BackingWatch::new(index, &backend, function.clone())
+            .map(|w| Arc::new(Mutex::new(w)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
         log::info!(
             "ivshmem{index}: {} ({}) at BAR2 {bar2:#x}",
             backend.describe(),
@@ -244,6 +252,7 @@ impl Ivshmem {
             index,
             function,
             subscriber,
+            backing_watch,
             backend,
         })
     }
@@ -260,6 +269,11 @@ impl Ivshmem {
     /// The event-loop subscriber (doorbell devices only).
     pub fn subscriber(&self) -> Option<Arc<Mutex<dyn MutEventSubscriber + Send>>> {
         self.subscriber.clone()
+    }
+
+    /// The event-loop subscriber that notices the shared memory shrinking.
+    pub fn backing_watch(&self) -> Option<Arc<Mutex<dyn MutEventSubscriber + Send>>> {
+        self.backing_watch.clone()
     }
 
     /// Start-up succeeded: shared memory we created stays after we exit.
