@@ -416,6 +416,26 @@ fn many_peers(sock: &UnixStream) {
     let _ = send_message(sock.as_fd(), 1, Some(borrow(&efd)));
 }
 
+/// 240 peers of 4 vectors: 960 doorbells, just under KVM's budget, each
+/// re-registered when the guest moves BAR0.
+fn many_doorbells(sock: &UnixStream) {
+    send_message(sock.as_fd(), 0, None).unwrap();
+    send_message(sock.as_fd(), 1, None).unwrap();
+    let shm = memfd(4 << 20);
+    send_message(sock.as_fd(), -1, Some(shm.as_fd())).unwrap();
+    let efd = EventFd::new(0).unwrap();
+    for peer in 2..242 {
+        for _ in 0..4 {
+            if send_message(sock.as_fd(), peer, Some(borrow(&efd))).is_err() {
+                return;
+            }
+        }
+    }
+    for _ in 0..4 {
+        let _ = send_message(sock.as_fd(), 1, Some(borrow(&efd)));
+    }
+}
+
 /// One message carrying 200 descriptors (the protocol allows one).
 fn many_fds_in_one_message(sock: &UnixStream) {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
@@ -715,4 +735,27 @@ fn vm_exit_port_works_when_nobody_reads_its_output() {
         out.stderr.contains("guest output dropped"),
         "says so: {out:?}"
     );
+}
+
+/// A guest that moves BAR0 in a loop, with 300 peers (each move re-registers
+/// 300 doorbells, milliseconds each on PVM) while the server floods joins
+/// and leaves: SIGTERM still stops the VM at once — the event loop never
+/// waits for the busy device, and the re-registration gives up once the
+/// VM is stopping.
+#[test]
+fn vm_stops_on_sigterm_while_the_guest_moves_bar0_in_a_loop() {
+    let _one = one_at_a_time();
+    if !require_kvm() {
+        return;
+    }
+    let fake = Fake::start(many_doorbells, Flood::JoinLeave);
+    let mut vm = start_guest("bar0-storm", &["--server", fake.path(), "--vectors", "4"]);
+    vm.wait_for("bar0-storm id=", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    let took = time_sigterm(&mut vm);
+    let out = vm.finish(Duration::from_secs(1));
+    let _ = fake.finish();
+    eprintln!("BAR0 storm: VM stopped {took:?} after SIGTERM");
+    assert!(took < STOP_BOUND, "took {took:?}: {out:?}");
+    assert_eq!(out.code(), 128 + libc::SIGTERM, "{out:?}");
 }

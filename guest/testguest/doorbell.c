@@ -166,3 +166,22 @@ void test_doorbell_bad(void)
 	if (!ok)
 		fail("a doorbell went to the wrong place");
 }
+
+// bar0-storm [moves=0]: a guest that moves BAR0 back and forth without end
+// (moves=0) — each move has the VMM re-register every doorbell. The VMM
+// must still stop at once on SIGTERM, and its event loop must not wait
+// for the device meanwhile.
+void test_bar0_storm(void)
+{
+	u64 moves = param_u64("moves", 0);
+	struct ivshmem_dev devs[IVSHMEM_MAX];
+	ivshmem_find(devs, IVSHMEM_MAX, true);
+	struct ivshmem_dev *d = &devs[0];
+	static struct msix m;
+	msix_setup(&m, d, 0, false, false);
+	u64 a = d->bar[0].addr, b = a + 0x800;
+	kprintf("bar0-storm id=%u from=0x%lx to=0x%lx ready\n", ivshmem_id(d), a, b);
+	for (u64 i = 0; !moves || i < moves; i++)
+		pci_bar_set(d->f, 0, false, (i & 1) ? a : b);
+	kprintf("bar0-storm moves=%lu\n", moves);
+}

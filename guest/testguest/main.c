@@ -39,6 +39,7 @@ static const struct test_case tests[] = {
 	{ "presence", test_presence, true },
 	{ "rejoin-pingpong", test_rejoin_pingpong, true },
 	{ "ivshmem-shrink", test_ivshmem_shrink, true },
+	{ "bar0-storm", test_bar0_storm, true },
 };
 
 NORETURN void exit_vm(u8 code)

@@ -28,5 +28,6 @@ void test_acpi_reset(void);
 void test_presence(void);
 void test_rejoin_pingpong(void);
 void test_ivshmem_shrink(void);
+void test_bar0_storm(void);
 
 #endif

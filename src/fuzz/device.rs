@@ -472,6 +472,7 @@ impl Run {
             phys_bits: s.phys_bits,
             budget: budget.clone(),
             seccomp: crate::sandbox::SeccompMode::Off,
+            stop: Arc::new(crate::stop::VmStop::new().map_err(|e| e.to_string())?),
         };
         let shm = ShmBackend::memfd(s.bar2_backed, false).map_err(|e| e.to_string())?;
         let mapping = shm.map().map_err(|e| e.to_string())?;

@@ -316,6 +316,11 @@ fn vmm() -> Vec<Allow> {
             "ioctl(TCSETS)",
             "the terminal restored after raw mode",
         ),
+        any(
+            libc::SYS_timerfd_settime,
+            "timerfd_settime",
+            "a device a vCPU is busy with is looked at again 1 ms later",
+        ),
         ioctl(
             TCGETS,
             "ioctl(TCGETS)",
@@ -676,6 +681,7 @@ pub static SYSCALL_NAMES: &[(c_long, &str)] = &[
     (libc::SYS_epoll_pwait, "epoll_pwait"),
     (libc::SYS_signalfd4, "signalfd4"),
     (libc::SYS_timerfd_create, "timerfd_create"),
+    (libc::SYS_timerfd_settime, "timerfd_settime"),
     (libc::SYS_eventfd2, "eventfd2"),
     (libc::SYS_epoll_create1, "epoll_create1"),
     (libc::SYS_dup3, "dup3"),

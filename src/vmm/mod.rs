@@ -170,6 +170,7 @@ impl Vmm {
             phys_bits,
             budget: Arc::new(IoeventfdBudget::default()),
             seccomp: config.seccomp,
+            stop: stop.clone(),
         };
         // Devices with memory slots before the irqchip (see irqchip_and_clock).
         let (root, mut devices) =

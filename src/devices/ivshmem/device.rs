@@ -278,6 +278,9 @@ impl IvshmemDevice {
         });
         let mut watch_changed = false;
         for v in 0..db.vectors() {
+            if self.env.stop.is_stopping() {
+                return; // The VM is ending: no need to finish (see IvshmemEnv::stop).
+            }
             let touched = all
                 || events.iter().any(|e| match e {
                     MsixEvent::EntryUpdated { vector }

@@ -52,6 +52,7 @@ fn doorbell_device(vm: Arc<dyn crate::vm_ops::VmOps>) -> Arc<std::sync::Mutex<Iv
         phys_bits: 40,
         budget: Arc::new(IoeventfdBudget::default()),
         seccomp: crate::sandbox::SeccompMode::Off,
+        stop: Arc::new(crate::stop::VmStop::new().unwrap()),
     };
     let shm = ShmBackend::memfd(1 << 20, true).unwrap();
     let mapping = shm.map().unwrap();

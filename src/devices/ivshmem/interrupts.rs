@@ -28,6 +28,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::presence::PeerSet;
 use crate::devices::pci::msix::MsixState;
 use crate::irq::{IrqError, IrqRouting, MsiMessage};
+use crate::stop::VmStop;
 use crate::vm_ops::VmOps;
 
 /// KVM allows 1000 devices on its MMIO bus (NR_IOBUS_DEVS) per VM; the
@@ -103,6 +104,8 @@ pub struct Interrupts {
     /// Written when the set of vectors the event loop must watch changes.
     pub watch_changed: EventFd,
     pub stats: Arc<InterruptStats>,
+    /// Set once the VM is stopping: long loops give up (see `give_up_when`).
+    stop: Option<Arc<VmStop>>,
 }
 
 impl Interrupts {
@@ -136,6 +139,7 @@ impl Interrupts {
             budget,
             watch_changed,
             stats: Arc::new(InterruptStats::default()),
+            stop: None,
         };
         // A peer may ring itself: our own eventfds are doorbells too (QEMU
         // registers them the same way).
@@ -145,6 +149,17 @@ impl Interrupts {
             }
         }
         Ok(db)
+    }
+
+    /// Work over every doorbell (a BAR0 move: peers × vectors KVM calls,
+    /// milliseconds each on PVM) stops early once `stop` is stopping: a
+    /// VM that ends does not need it, and its stop must not wait for it.
+    pub fn give_up_when(&mut self, stop: Arc<VmStop>) {
+        self.stop = Some(stop);
+    }
+
+    fn giving_up(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| s.is_stopping())
     }
 
     pub fn own_id(&self) -> u16 {
@@ -285,6 +300,9 @@ impl Interrupts {
         self.doorbell_addr = addr;
         let ids: Vec<u16> = self.peers.keys().copied().collect();
         for id in ids {
+            if self.giving_up() {
+                return;
+            }
             let Some(slots) = self.peers.get_mut(&id) else {
                 continue;
             };

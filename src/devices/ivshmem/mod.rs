@@ -38,6 +38,7 @@ use crate::protocol::{self, HandshakeError, PeerConnection};
 use crate::sandbox::SeccompMode;
 use crate::shm::ShmIdentity;
 use crate::shm::{ShmBackend, ShmError, ShmSource, Trust};
+use crate::stop::VmStop;
 use crate::vm_ops::VmOps;
 use backing::BackingWatch;
 use bar0::BAR0_SIZE;
@@ -128,6 +129,10 @@ pub struct IvshmemEnv {
     pub budget: Arc<IoeventfdBudget>,
     /// The sandbox mode for the threads devices start (rejoin).
     pub seccomp: SeccompMode,
+    /// The VM's stop signal: long guest-triggered work (re-registering
+    /// every doorbell after a BAR0 move, syncing every vector) gives up
+    /// once the VM is stopping, so a stop never waits for it.
+    pub stop: Arc<VmStop>,
 }
 
 impl IvshmemEnv {
@@ -447,6 +452,7 @@ fn add_doorbell(
         env.budget.clone(),
     )
     .map_err(irq_err)?;
+    interrupts.give_up_when(env.stop.clone());
     for (peer, fds) in joined.peers {
         for (v, fd) in fds.into_iter().enumerate() {
             interrupts.peer_joined(peer, v as u16, fd);

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::device::IvshmemDevice;
 use super::rejoin::{Rejoined, Rejoiner};
@@ -31,6 +32,9 @@ pub struct WatchParts {
 
 impl WatchParts {
     pub fn attach(self, dev: Arc<Mutex<IvshmemDevice>>) -> DeviceWatch {
+        let retry = TimerFd::new()
+            .map_err(|e| log::warn!("ivshmem: no retry timer ({e}): a busy device is waited for"))
+            .ok();
         DeviceWatch {
             dev,
             conn: self.conn,
@@ -39,6 +43,8 @@ impl WatchParts {
             rejoiner: self.rejoiner,
             watched: BTreeMap::new(),
             server_gone: false,
+            retry,
+            paused: false,
         }
     }
 }
@@ -53,19 +59,85 @@ pub struct DeviceWatch {
     /// Vector → fd currently in the epoll set.
     watched: BTreeMap<u16, RawFd>,
     server_gone: bool,
+    /// While a vCPU holds the device (a guest-triggered operation can be
+    /// many KVM calls), the loop does not wait for it: it takes the
+    /// device's fds out of the epoll set and looks again when this fires.
+    retry: Option<TimerFd>,
+    paused: bool,
 }
+
+/// `dev`, unless it is held and `can_wait_later` (then None).
+fn try_lock(
+    dev: &Mutex<IvshmemDevice>,
+    can_wait_later: bool,
+) -> Option<std::sync::MutexGuard<'_, IvshmemDevice>> {
+    if !can_wait_later {
+        return Some(dev.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+    match dev.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
+/// How long to leave a busy device alone before looking again.
+const BUSY_RETRY: Duration = Duration::from_millis(1);
 
 impl DeviceWatch {
     fn lock(&self) -> std::sync::MutexGuard<'_, IvshmemDevice> {
         self.dev.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A vCPU is busy with the device: stop watching its fds (they stay
+    /// readable, so level-triggered epoll would spin) until `retry` fires.
+    fn pause(&mut self, ops: &mut EventOps) {
+        let Some(retry) = &mut self.retry else {
+            return;
+        };
+        if self.paused {
+            return;
+        }
+        if retry.reset(BUSY_RETRY, None).is_err() {
+            return;
+        }
+        self.paused = true;
+        if !self.server_gone {
+            let _ = ops.remove(Events::new(&self.conn, EventSet::IN));
+        }
+        let _ = ops.remove(Events::new(&self.watch_changed, EventSet::IN));
+        for (_, fd) in std::mem::take(&mut self.watched) {
+            let _ = ops.remove(Events::new_raw(fd, EventSet::IN));
+        }
+    }
+
+    /// The retry timer fired: watch everything again.
+    fn resume(&mut self, ops: &mut EventOps) {
+        if let Some(retry) = &mut self.retry {
+            let _ = retry.wait();
+        }
+        if !self.paused {
+            return;
+        }
+        self.paused = false;
+        if !self.server_gone {
+            let _ = ops.add(Events::new(&self.conn, EventSet::IN));
+        }
+        let _ = ops.add(Events::new(&self.watch_changed, EventSet::IN));
+        self.reconcile(ops);
+    }
+
     /// Makes the epoll set hold exactly the unattached vectors' eventfds.
     fn reconcile(&mut self, ops: &mut EventOps) {
-        let want: BTreeMap<u16, RawFd> = match &self.lock().interrupts {
+        let device = self.dev.clone();
+        let Some(dev) = try_lock(&device, self.retry.is_some()) else {
+            return self.pause(ops);
+        };
+        let want: BTreeMap<u16, RawFd> = match &dev.interrupts {
             Some(db) => db.watched_fds().into_iter().collect(),
             None => BTreeMap::new(),
         };
+        drop(dev);
         let stale: Vec<(u16, RawFd)> = self
             .watched
             .iter()
@@ -99,6 +171,13 @@ impl DeviceWatch {
         let mut read = 0;
         let mut gone = false;
         while read < SERVER_MESSAGES_PER_TURN && !gone {
+            // The device first, then the message: a busy device leaves the
+            // message in the socket for later.
+            // A clone, so the guard borrows it and not `self`.
+            let device = self.dev.clone();
+            let Some(mut dev) = try_lock(&device, self.retry.is_some()) else {
+                return self.pause(ops);
+            };
             let events = self.conn.read_events_max(SERVER_MESSAGES_PER_BATCH);
             read += SERVER_MESSAGES_PER_BATCH;
             if events.is_empty() {
@@ -106,7 +185,6 @@ impl DeviceWatch {
             }
             for event in events {
                 // One device lock per event, so a vCPU waits for one at most.
-                let mut dev = self.lock();
                 let changed = match (event, &mut dev.interrupts) {
                     (PeerEvent::ServerGone, _) => {
                         gone = true;
@@ -205,12 +283,19 @@ impl MutEventSubscriber for DeviceWatch {
                 log::error!("ivshmem: can't watch for a rejoined server: {e:?}");
             }
         }
+        if let Some(retry) = &self.retry {
+            if let Err(e) = ops.add(Events::new(retry, EventSet::IN)) {
+                log::error!("ivshmem: can't watch the busy-device timer: {e:?}");
+            }
+        }
         self.reconcile(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.conn.as_raw_fd() {
+        if self.retry.as_ref().is_some_and(|r| r.as_raw_fd() == fd) {
+            self.resume(ops);
+        } else if fd == self.conn.as_raw_fd() {
             if !self.server_gone {
                 self.server_messages(ops);
             }
@@ -229,7 +314,12 @@ impl MutEventSubscriber for DeviceWatch {
             .find(|(_, f)| **f == fd)
             .map(|(v, _)| *v)
         {
-            self.lock().vector_event(v);
+            let device = self.dev.clone();
+            let guard = try_lock(&device, self.retry.is_some());
+            match guard {
+                Some(mut dev) => dev.vector_event(v),
+                None => self.pause(ops),
+            }
         }
     }
 }
