@@ -115,7 +115,10 @@ fn assert_boot_scenario(k: &Kernel, s: &Scenario) -> Vec<f64> {
     assert_vm_booted(k, &ping, 2);
     assert_vm_booted(k, &pong, 1);
     let status = s.l1("boot: ivvmm exit status ");
-    assert_eq!(status, ["L1 boot: ivvmm exit status ping=0 pong=0 (want 0 0)"]);
+    assert_eq!(
+        status,
+        ["L1 boot: ivvmm exit status ping=0 pong=0 (want 0 0)"]
+    );
 
     // Data both ways with L1 on the plain device.
     ping.line("check: ok host");
@@ -134,7 +137,11 @@ fn assert_boot_scenario(k: &Kernel, s: &Scenario) -> Vec<f64> {
     assert_eq!(val(pi, "rounds"), "100", "{pi}");
     assert_eq!(val(po, "rounds"), "100", "{po}");
     assert_eq!(val(pi, "peer"), val(po, "position"), "ping rang pong's id");
-    assert_eq!(val(po, "peer"), val(info, "position"), "pong rang ping's id");
+    assert_eq!(
+        val(po, "peer"),
+        val(info, "position"),
+        "pong rang ping's id"
+    );
     eprintln!("{}: {pi}", k.scenario);
 
     let boots = s.l1("boot: IVVMM-BOOT: ");
