@@ -5,15 +5,27 @@
 # testguest" line, and -> process exit; peak RSS (wait4's ru_maxrss) and
 # the part of it that is not guest memory. ivvmm (bzImage, the Linux boot
 # path, and PVH) against QEMU -M microvm, RUNS runs each, interleaved.
+# And the floor: process start -> the first serial byte of a guest whose
+# first instructions write it (guest/testguest/first.S), booted by ivvmm
+# (bzImage) and by examples/boot_floor.rs, a bare KVM program that creates
+# the VM with the same memory and in-kernel irqchip and runs the same
+# instructions; their ratio is what ivvmm costs before the guest's first
+# instruction.
 
 BOOT_LINE="Hello from testguest"
 BOOT_MEM=256M
 BOOT_MEM_BYTES=$((256 << 20))
 
+# The text each kind's timed line holds: the first guest's one byte, or
+# the test guest's line.
+boot_pattern() { case "$1" in floor | ivvmm-first) echo F ;; *) echo "$BOOT_LINE" ;; esac; }
+
 # The command line of each kind, by label.
 boot_cmd() {
     local microvm_lean="microvm,x-option-roms=off,pit=off,pic=off,rtc=off,acpi=off,pcie=off,isa-serial=on"
     case "$1" in
+        floor) BOOT_CMD=("$EXAMPLES/boot_floor" --mem "$BOOT_MEM") ;;
+        ivvmm-first) BOOT_CMD=("$IVVMM" --kernel "$TG/first.bzImage" --mem "$BOOT_MEM") ;;
         ivvmm-bzimage) BOOT_CMD=("$IVVMM" --kernel "$TG/testguest.bzImage" --mem "$BOOT_MEM" --cmdline test=hello) ;;
         ivvmm-pvh) BOOT_CMD=("$IVVMM" --kernel "$TG/testguest.pvh.elf" --mem "$BOOT_MEM" --cmdline test=hello) ;;
         # The leanest fair microvm: no default devices, no option ROMs, no
@@ -31,15 +43,16 @@ boot_cmd() {
 }
 
 # The exit status each kind gives for PASS (QEMU's isa-debug-exit: (0<<1)|1).
-boot_pass_status() { case "$1" in ivvmm-*) echo 0 ;; *) echo 1 ;; esac; }
+boot_pass_status() { case "$1" in ivvmm-* | floor) echo 0 ;; *) echo 1 ;; esac; }
 
 # boot_once LABEL RUN [--guest-mem BYTES]: one timed run, appended to boot.raw.
 boot_once() {
-    local label=$1 run=$2 line
+    local label=$1 run=$2 line pattern
     shift 2
     boot_cmd "$label"
-    line=$("$EXAMPLES/boot_timer" --pattern "$BOOT_LINE" "$@" -- "${BOOT_CMD[@]}" 2>>"$RESULTS/$label.stderr") ||
-        die "$label: no '$BOOT_LINE' line (see $RESULTS/$label.stderr)"
+    pattern=$(boot_pattern "$label")
+    line=$("$EXAMPLES/boot_timer" --pattern "$pattern" "$@" -- "${BOOT_CMD[@]}" 2>>"$RESULTS/$label.stderr") ||
+        die "$label: no '$pattern' line (see $RESULTS/$label.stderr)"
     local status
     status=$(sed 's/.*status=\([0-9]*\).*/\1/' <<<"$line")
     [ "$status" = "$(boot_pass_status "$label")" ] || die "$label: exit status $status: the guest did not pass"
@@ -54,7 +67,7 @@ boot_field() {
 }
 
 bench_boot() {
-    local runs=${RUNS:-20} labels=(ivvmm-bzimage ivvmm-pvh qemu-lean qemu-brief) run label
+    local runs=${RUNS:-20} labels=(floor ivvmm-first ivvmm-bzimage ivvmm-pvh qemu-lean qemu-brief) run label
     say "boot: $runs interleaved runs of each of ${labels[*]}; results in $RESULTS"
     for label in "${labels[@]}"; do
         boot_cmd "$label"
@@ -73,7 +86,7 @@ bench_boot() {
 
     declare -A first_med exit_med beyond
     {
-        echo "Boot to the first line (\"$BOOT_LINE\") and to exit, $runs runs each, interleaved; ms"
+        echo "Boot to the first line (\"$BOOT_LINE\"; floor and ivvmm-first: the first serial byte, \"F\") and to exit, $runs runs each, interleaved; ms"
         printf '%-14s %26s %26s %9s %9s %9s\n' "" "first line min/med/max" "exit min/med/max" \
             "RSS MiB" "guest MiB" "beyond"
         for label in "${labels[@]}"; do
@@ -94,6 +107,9 @@ bench_boot() {
         echo
         echo "RSS: median peak RSS (ru_maxrss); guest: resident guest memory at the line (smaps, largest of 3 separate runs); beyond = RSS - guest"
         local r
+        r=$(ratio "${first_med[ivvmm-first]}" "${first_med[floor]}")
+        echo "ivvmm-first vs floor: first serial byte ${r}x (goal: VMM overhead to the first guest instruction <= 1.5x the floor: $(verdict "$r" 1.5 le)), exit $(ratio "${exit_med[ivvmm-first]}" "${exit_med[floor]}")x"
+        echo "ivvmm-bzimage vs floor: the test guest's first line $(ratio "${first_med[ivvmm-bzimage]}" "${first_med[floor]}")x the floor's first byte (the test guest's own start-up included)"
         for label in ivvmm-bzimage ivvmm-pvh; do
             r=$(ratio "${first_med[$label]}" "${first_med[qemu-lean]}")
             echo "$label vs qemu-lean: first line ${r}x (goal <= 0.2x: $(verdict "$r" 0.2 le)), exit $(ratio "${exit_med[$label]}" "${exit_med[qemu-lean]}")x, RSS beyond guest memory ${beyond[$label]} MiB (goal <= 3 MiB: $(verdict "${beyond[$label]}" 3 le))"

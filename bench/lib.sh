@@ -22,7 +22,7 @@ bench_paths() {
 bench_build() {
     say "building ivvmm, examples and the test guest (release)"
     (cd "$ROOT" && cargo build --release --quiet --bin ivvmm \
-        --example doorbell_floor --example boot_timer --example shm_bw) ||
+        --example doorbell_floor --example boot_floor --example boot_timer --example shm_bw) ||
         die "cargo build failed"
     make -s -C "$ROOT/guest/testguest" || die "test guest build failed"
     [ -e /dev/kvm ] || die "/dev/kvm is missing: these benchmarks boot VMs on KVM"

@@ -16,138 +16,39 @@
 mod common;
 mod linux;
 
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::Duration;
 
-use common::{missing, repo, wait_with_deadline};
+use common::{missing, Outcome};
 use linux::checks;
-use linux::{kv, val, Output};
+use linux::nested::{self, scenarios};
+use linux::{kv, val};
 
-/// run.sh's own QEMU limit (300 s) and a retry after a stall, plus a
-/// static ivvmm build.
-const DEADLINE: Duration = Duration::from_secs(15 * 60);
-
-/// Why this test cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
-    if !qemu.is_ok_and(|o| o.status.success()) {
-        return Some("qemu-system-x86_64 is missing: install qemu-system-x86".into());
-    }
-    for (script, flags) in [
-        ("guest/kernel/build.sh", &["--print-path"][..]),
-        ("guest/initramfs/build.sh", &["--print-path"]),
-        ("guest/kernel/build.sh", &["--nested", "--print-path"]),
-    ] {
-        let ok = Command::new(repo().join(script))
-            .args(flags)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            return Some(format!(
-                "nothing built by {script} {}: run scripts/setup",
-                flags.join(" ")
-            ));
-        }
-    }
-    None
-}
-
-/// One scenario's lines: from `NESTED-START: name` to its result line.
-struct Scenario<'a> {
-    name: &'a str,
-    lines: Vec<&'a str>,
-}
-
-impl Scenario<'_> {
-    /// L1's verdict on the scenario.
-    fn assert_passed(&self) {
-        let result = self
-            .lines
-            .last()
-            .filter(|l| l.starts_with("NESTED-RESULT: "))
-            .unwrap_or_else(|| panic!("{}: no NESTED-RESULT line", self.name));
-        assert_eq!(val(result, "rc"), "0", "{}", self.lines.join("\n"));
-    }
-
-    /// What the L2 VM `vm` printed on its console (ivvmm's own lines too).
-    fn vm(&self, vm: &str) -> Output {
-        let prefix = format!("L2 {vm}| ");
-        let text: Vec<&str> = self
-            .lines
-            .iter()
-            .filter_map(|l| l.strip_prefix(&prefix))
-            .collect();
-        assert!(!text.is_empty(), "{}: no output from L2 {vm}", self.name);
-        Output {
-            name: format!("{}/{vm}", self.name),
-            text: text.join("\n"),
-            secs: 0.0,
-        }
-    }
-
-    /// L1's own lines (`L1 ...`) that start with `prefix`.
-    fn l1(&self, prefix: &str) -> Vec<&str> {
-        let prefix = format!("L1 {prefix}");
-        self.lines
-            .iter()
-            .filter(|l| l.starts_with(&prefix))
-            .copied()
-            .collect()
-    }
-}
-
-fn scenarios(stdout: &str) -> Vec<Scenario<'_>> {
-    let mut all: Vec<Scenario> = Vec::new();
-    for line in stdout.lines() {
-        if let Some(name) = line.strip_prefix("NESTED-START: ") {
-            all.push(Scenario {
-                name: name.trim(),
-                lines: Vec::new(),
-            });
-        } else if let Some(cur) = all.last_mut() {
-            let done = cur
-                .lines
-                .last()
-                .is_some_and(|l| l.starts_with("NESTED-RESULT: "));
-            if !done {
-                cur.lines.push(line);
-            }
-        }
-    }
-    all
-}
+/// The images both tests need (scripts/setup builds them).
+const IMAGES: &[(&str, &[&str])] = &[
+    ("guest/kernel/build.sh", &["--print-path"]),
+    ("guest/initramfs/build.sh", &["--print-path"]),
+    ("guest/kernel/build.sh", &["--nested", "--print-path"]),
+];
 
 /// One nested QEMU run at a time: two TCG L1s on this host's cores would
 /// starve each other into stalls.
-static NESTED: Mutex<()> = Mutex::new(());
-
-/// guest/nested/run.sh with `list`; its stdout and everything it printed.
-fn run_nested(list: &str) -> (String, String) {
+fn run_nested(list: &str) -> Outcome {
+    static NESTED: Mutex<()> = Mutex::new(());
     let _one = NESTED.lock().unwrap_or_else(|e| e.into_inner());
-    let child = Command::new(repo().join("guest/nested/run.sh"))
-        .arg(list)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run guest/nested/run.sh");
-    let out = wait_with_deadline(child, DEADLINE);
-    let all = format!("{}\n{}", out.stderr, out.stdout);
-    assert_eq!(out.code(), 0, "guest/nested/run.sh failed\n{all}");
-    (out.stdout, all)
+    let out = nested::run(list);
+    eprintln!("nested: L1 stall retries: {}", nested::retries(&out));
+    out
 }
 
 #[test]
 fn linux_runs_every_guest_check_in_ivvmm_on_nested_svm() {
-    if let Some(why) = missing_prerequisite() {
+    if let Some(why) = nested::missing_prerequisite(IMAGES) {
         missing(&why);
         return;
     }
-    let (stdout, all) = run_nested("info,host,phases,sysfs,pat,rmmod,term,demo");
-    let runs = scenarios(&stdout);
+    let out = run_nested("info,host,phases,sysfs,pat,rmmod,term,demo");
+    let all = format!("{}\n{}", out.stderr, out.stdout);
+    let runs = scenarios(&out.stdout);
     let names: Vec<&str> = runs.iter().map(|s| s.name).collect();
     assert_eq!(
         names,
@@ -232,7 +133,7 @@ fn generations(lines: &[&str]) -> Vec<u64> {
 }
 
 /// The id `ivvmm client` printed first (`L1 clientN id=...`).
-fn client_id(s: &Scenario, n: u32) -> String {
+fn client_id(s: &nested::Scenario, n: u32) -> String {
     let line = s.l1(&format!("client{n} id="));
     assert_eq!(line.len(), 1, "{}", s.lines.join("\n"));
     val(line[0], "id").to_string()
@@ -240,12 +141,13 @@ fn client_id(s: &Scenario, n: u32) -> String {
 
 #[test]
 fn linux_sees_peers_come_and_go_and_rejoins_a_restarted_server_on_nested_svm() {
-    if let Some(why) = missing_prerequisite() {
+    if let Some(why) = nested::missing_prerequisite(IMAGES) {
         missing(&why);
         return;
     }
-    let (stdout, all) = run_nested("presence,rejoin");
-    let runs = scenarios(&stdout);
+    let out = run_nested("presence,rejoin");
+    let all = format!("{}\n{}", out.stderr, out.stdout);
+    let runs = scenarios(&out.stdout);
     let names: Vec<&str> = runs.iter().map(|s| s.name).collect();
     assert_eq!(names, ["presence", "rejoin"], "{all}");
     for s in &runs {

@@ -11,6 +11,10 @@
 #   build.sh [KERNEL_BUILD_DIR]               build if needed
 #   build.sh --print-path [KERNEL_BUILD_DIR]  print the path if built, else exit 1
 # KERNEL_BUILD_DIR defaults to `guest/kernel/build.sh --print-build-dir`.
+# It may also be a distribution's headers tree (e.g. Debian's
+# /usr/src/linux-headers-<release>, as guest/stock/fetch.sh unpacks it): the
+# driver then builds out of tree against it, as DKMS would, and
+# gen_init_cpio comes from our own guest kernel's build tree.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,7 +37,16 @@ kbuild=${1:-$("$guest/kernel/build.sh" --print-build-dir)}
 [ -f "$kbuild/Module.symvers" ] || die "$kbuild is not a built kernel tree (no Module.symvers): run guest/kernel/build.sh"
 kbuild=$(cd "$kbuild" && pwd)
 gen_init_cpio=$kbuild/usr/gen_init_cpio
+if [ ! -x "$gen_init_cpio" ] && [ ! -d "$kbuild/usr" ]; then
+	# A headers tree has no usr/: use our guest kernel's tool.
+	own=$("$guest/kernel/build.sh" --print-build-dir) || die "$kbuild has no usr/gen_init_cpio and our guest kernel is not built: run guest/kernel/build.sh"
+	gen_init_cpio=$own/usr/gen_init_cpio
+fi
 [ -x "$gen_init_cpio" ] || die "$gen_init_cpio is missing: the kernel needs CONFIG_BLK_DEV_INITRD"
+# The release the driver is built for ("6.1.0-57-amd64"); a headers tree's
+# include/config/kernel.release may hold only the upstream version.
+release=$(sed -n 's/^#define UTS_RELEASE "\(.*\)"$/\1/p' "$kbuild/include/generated/utsrelease.h" 2>/dev/null || true)
+[ -n "$release" ] || release=$(cat "$kbuild/include/config/kernel.release")
 
 if [ "$print_only" = yes ]; then
 	tool=$("$guest/tool/build.sh" --print-path)
@@ -44,7 +57,7 @@ fi
 readelf -l "$busybox" | grep -q INTERP && die "$busybox is dynamically linked: install busybox-static"
 
 key_inputs() {
-	echo "kernel=$kbuild $(cat "$kbuild/include/config/kernel.release") $(sha256sum <"$kbuild/.config")"
+	echo "kernel=$kbuild $release $(sha256sum <"$kbuild/.config")"
 	echo "tool=$tool"
 	echo "busybox=$(sha256sum <"$busybox")"
 	(cd "$guest" && find driver initramfs -type f \( -name '*.[ch]' -o -name Makefile \
@@ -77,6 +90,11 @@ if grep -q 'warning:' "$work/driver.log"; then
 	grep -B2 -A4 'warning:' "$work/driver.log" >&2
 	die "the ivshmem driver builds with warnings"
 fi
+modinfo -F vermagic "$work/driver/ivshmem.ko" | grep -q "^$release " ||
+	die "the driver's vermagic ($(modinfo -F vermagic "$work/driver/ivshmem.ko")) is not for $release"
+# Debug info is most of a distribution build's .ko (600 KB of 620): the
+# guest has no use for it.
+strip --strip-debug "$work/driver/ivshmem.ko"
 
 # gen_init_cpio (from the kernel tree) lets us add /dev/console without
 # being root and gives a reproducible archive (-t).
@@ -101,5 +119,5 @@ for t in "$here"/tests/*.sh; do
 done
 "$gen_init_cpio" -t 0 "$work/list" | gzip -9n >"$work/initramfs.cpio.gz"
 mv "$work/initramfs.cpio.gz" "$out"
-echo "initramfs: $(du -h "$out" | cut -f1) with driver for $(cat "$kbuild/include/config/kernel.release")" >&2
+echo "initramfs: $(du -h "$out" | cut -f1) with driver for $release" >&2
 echo "$out"

@@ -4,18 +4,20 @@
 # Build the ivvmm guest kernel (Linux 6.1 from Debian's linux-source-6.1)
 # from `make allnoconfig` + guest/kernel/ivvmm.config; with --nested, the
 # L1 kernel of guest/nested/ instead: the same fragment plus
-# guest/nested/l1.config (KVM_AMD built in, unix sockets), later lines
-# winning.
+# guest/nested/l1.config (KVM_AMD built in, unix sockets, ACPI), later
+# lines winning; with --acpi, the guest kernel with CONFIG_ACPI on
+# (guest/kernel/acpi.config), to test the ACPI path with our own kernel.
 #
-# Everything lands in ~/.cache/ivvmm/kernel-<key>/ (nested: nested-<key>/;
-# or under $IVVMM_CACHE), where <key> hashes the inputs: the source package
+# Everything lands in ~/.cache/ivvmm/kernel-<key>/ (nested: nested-<key>/,
+# acpi: kernel_acpi-<key>/; or under $IVVMM_CACHE), where <key> hashes the inputs: the source package
 # version and tarball, the config fragments, this script and the compiler.
 # The unpacked tree (src/) and the build tree (build/, the O= directory) are
 # kept so that out-of-tree modules (guest/driver) can be built against it
-# later. The nested kernel builds from the guest kernel's src/ when that is
-# there (read-only, O= build), else it unpacks its own.
+# later. The nested and acpi kernels build from the guest kernel's src/ when
+# that is there (read-only, O= build), else they unpack their own.
 #
 # Usage:
+# (--acpi works wherever --nested does.)
 #   build.sh [--nested]                   build if needed; the last line is the bzImage path
 #   build.sh [--nested] --print-path      print the bzImage path if built (exit 1 if not)
 #   build.sh [--nested] --print-build-dir print the build (O=) directory if built (exit 1 if not)
@@ -28,11 +30,18 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 fragments=("$here/ivvmm.config")
 name=kernel
-if [ "${1:-}" = --nested ]; then
+case "${1:-}" in
+--nested)
 	fragments+=("$(dirname "$here")/nested/l1.config")
 	name=nested
 	shift
-fi
+	;;
+--acpi)
+	fragments+=("$here/acpi.config")
+	name=kernel_acpi
+	shift
+	;;
+esac
 tarball=${IVVMM_KERNEL_TAR:-/usr/src/linux-source-6.1.tar.xz}
 cache=${IVVMM_CACHE:-$HOME/.cache/ivvmm}
 jobs=${IVVMM_JOBS:-$(nproc)}
@@ -86,7 +95,7 @@ rm -rf "$dir"
 mkdir -p "$build"
 
 src=$dir/src
-if [ "$name" = nested ] && gbuild=$("$here/build.sh" --print-build-dir 2>/dev/null) &&
+if [ "$name" != kernel ] && gbuild=$("$here/build.sh" --print-build-dir 2>/dev/null) &&
 	[ -f "$(dirname "$gbuild")/src/Makefile" ]; then
 	src=$(dirname "$gbuild")/src
 else

@@ -5,8 +5,16 @@
 # our L2 guest kernel and initramfs (guest/kernel/build.sh,
 # guest/initramfs/build.sh), guest/nested/init, and bash-static with
 # scripts/demo in a repository-shaped /demo (build steps replaced by
-# guest/nested/stand-in), as a gzip cpio:
+# guest/nested/stand-in), as a gzip cpio; before it, uncompressed (they are
+# compressed already, and L1 under TCG would spend seconds inflating them
+# again), the L2 images of the boot scenarios: Debian's stock kernels
+# (guest/stock/fetch.sh) and our guest kernel built with ACPI
+# (guest/kernel/build.sh --acpi), each with an initramfs whose driver is
+# built against that kernel (guest/initramfs/build.sh):
 #   ~/.cache/ivvmm/nested-initramfs-<key>.cpio.gz   (or under $IVVMM_CACHE)
+# (Linux unpacks concatenated archives, compressed or not, in order, as it
+# does an early microcode cpio: the uncompressed one first, its end padded
+# to 512 bytes, so that the gzip stream after it starts aligned.)
 # <key> hashes every input. The last line printed is the path.
 #
 #   build-initramfs.sh               build if needed (ivvmm too: cargo, static)
@@ -46,6 +54,11 @@ if [ "$print_only" = no ]; then
 		die "the static ivvmm build failed"
 	"$guest/kernel/build.sh" >/dev/null
 	"$guest/initramfs/build.sh" >/dev/null
+	"$guest/kernel/build.sh" --acpi >/dev/null
+	"$guest/initramfs/build.sh" "$("$guest/kernel/build.sh" --acpi --print-build-dir)" >/dev/null
+	"$guest/stock/fetch.sh" | tail -n2 | while read -r _ _ headers; do
+		"$guest/initramfs/build.sh" "$headers" >/dev/null
+	done
 fi
 [ -x "$ivvmm" ] || die "$ivvmm is missing: run guest/nested/build-initramfs.sh"
 readelf -l "$ivvmm" | grep -q INTERP && die "$ivvmm is dynamically linked (crt-static was lost)"
@@ -55,6 +68,17 @@ kbuild=$("$guest/kernel/build.sh" --print-build-dir)
 gen_init_cpio=$kbuild/usr/gen_init_cpio
 [ -x "$gen_init_cpio" ] || die "$gen_init_cpio is missing: rebuild the guest kernel"
 [ -x "$busybox" ] || die "$busybox is missing: install busybox-static (run scripts/setup)"
+# The boot scenarios' L2 images: /l2/<name>/{vmlinuz or bzImage, initramfs.cpio.gz}.
+acpikernel=$("$guest/kernel/build.sh" --acpi --print-path) || die "no ACPI guest kernel: run guest/kernel/build.sh --acpi"
+acpiinitrd=$("$guest/initramfs/build.sh" --print-path "$("$guest/kernel/build.sh" --acpi --print-build-dir)") ||
+	die "no initramfs for the ACPI guest kernel: run guest/nested/build-initramfs.sh"
+stock=$("$guest/stock/fetch.sh" --print-path) || die "the stock kernels are not fetched: run guest/stock/fetch.sh (scripts/setup)"
+images=("acpi/bzImage $acpikernel" "acpi/initramfs.cpio.gz $acpiinitrd")
+while read -r flavour vmlinuz headers; do
+	initrd=$("$guest/initramfs/build.sh" --print-path "$headers") ||
+		die "no initramfs for the stock $flavour kernel: run guest/nested/build-initramfs.sh"
+	images+=("$flavour/vmlinuz $vmlinuz" "$flavour/initramfs.cpio.gz $initrd")
+done <<<"$stock"
 bash=${IVVMM_BASH_STATIC:-/bin/bash-static}
 [ -x "$bash" ] || die "$bash is missing: install bash-static (run scripts/setup)"
 
@@ -67,6 +91,7 @@ key_inputs() {
 	echo "bash=$(sha256sum <"$bash")"
 	echo "demo=$(cat "$repo/scripts/demo" "$here/stand-in" | sha256sum)"
 	echo "script=$(sha256sum <"${BASH_SOURCE[0]}")"
+	for i in "${images[@]}"; do echo "image=${i%% *} $(sha256sum <"${i#* }")"; done
 }
 key=$(key_inputs | sha256sum | cut -c1-16)
 out=$cache/nested-initramfs-$key.cpio.gz
@@ -108,7 +133,16 @@ file /demo/guest/kernel/build.sh $here/stand-in 0755 0 0
 file /demo/guest/initramfs/build.sh $here/stand-in 0755 0 0
 slink /demo/target/release/ivvmm /bin/ivvmm 0777 0 0
 EOF
-"$gen_init_cpio" -t 0 "$work/list" | gzip -6n >"$work/initramfs.cpio.gz"
+{
+	echo "dir /l2 0755 0 0"
+	echo "dir /l2/acpi 0755 0 0"
+	while read -r flavour _; do echo "dir /l2/$flavour 0755 0 0"; done <<<"$stock"
+	for i in "${images[@]}"; do echo "file /l2/${i%% *} ${i#* } 0644 0 0"; done
+} >"$work/images.list"
+{
+	"$gen_init_cpio" -t 0 "$work/images.list"
+	"$gen_init_cpio" -t 0 "$work/list" | gzip -6n
+} >"$work/initramfs.cpio.gz"
 mv "$work/initramfs.cpio.gz" "$out"
 # Each ivvmm change makes a new one: keep only the current.
 find "$cache" -maxdepth 1 -name 'nested-initramfs-*.cpio.gz' ! -path "$out" -delete

@@ -13,6 +13,7 @@
 #![allow(dead_code)] // not every test file uses every helper
 
 pub mod checks;
+pub mod nested;
 
 use std::ffi::OsString;
 use std::io::Read;

@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause */
+/*
+ * The `first` image (build/first.bzImage, build/first.pvh.elf): a guest
+ * whose first instructions write 'F' to COM1's data port, then a newline,
+ * then leave through the debug exit port with status 0. `scripts/bench
+ * boot` times ivvmm from process start to that byte against
+ * examples/boot_floor.rs, a bare KVM program running the same three
+ * instructions, so the difference is what the VMM costs before the
+ * guest's first instruction.
+ *
+ * The same bytes run in 32-bit and 64-bit mode (no stack, no memory), so
+ * every entry is this one sequence:
+ *   load + 0x000  32-bit boot protocol
+ *   load + 0x200  64-bit boot protocol (ivvmm's bzImage path)
+ *   PVH entry     via the ELF note (ivvmm's PVH path)
+ */
+	.macro FIRST_BYTE
+	movw	$0x3f8, %dx
+	movb	$'F', %al
+	outb	%al, %dx
+	movb	$'\n', %al
+	outb	%al, %dx
+	movw	$0xf4, %dx
+	xorb	%al, %al
+	outb	%al, %dx
+1:	hlt
+	jmp	1b
+	.endm
+
+	.section .head.text, "ax"
+	.code32
+	.globl startup_32
+startup_32:
+	FIRST_BYTE
+
+	.org 0x200
+	.code64
+	.globl startup_64
+startup_64:
+	FIRST_BYTE
+
+	.code32
+	.globl pvh_start32
+pvh_start32:
+	FIRST_BYTE
+
+	.section .note.Xen, "a", @note
+	.balign 4
+	.long	4
+	.long	8
+	.long	18		/* XEN_ELFNOTE_PHYS32_ENTRY */
+	.asciz	"Xen"
+	.balign 4
+	.quad	pvh_start32
+	.balign 4
