@@ -11,7 +11,6 @@
 //! stops, what is still buffered gets [`DRAIN`] to go out.
 
 use crate::sandbox::{self, SeccompMode, ThreadKind};
-use crate::stop::spawn_without_signals;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
@@ -63,8 +62,9 @@ pub struct SerialOutput {
 
 impl SerialOutput {
     /// Starts the writer thread for `file`; `what` names it in messages.
-    /// The thread confines itself (`seccomp`) before it returns here, so it
-    /// is under its filter before any guest instruction runs.
+    /// The thread confines itself (`seccomp`) in parallel with the rest of
+    /// the VM's build; the VM waits for it before the first guest
+    /// instruction (sandbox::helpers_confined).
     pub fn spawn(file: File, what: &str, seccomp: SeccompMode) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -73,20 +73,10 @@ impl SerialOutput {
             what: what.to_string(),
         });
         let writer = shared.clone();
-        let (confined_tx, confined) = std::sync::mpsc::channel();
-        spawn_without_signals("serial-out", move || {
-            let installed = sandbox::install(ThreadKind::SerialOut, seccomp);
-            let ok = installed.is_ok();
-            let _ = confined_tx.send(installed);
-            if ok {
-                write_loop(&writer, file);
-            }
+        sandbox::spawn_confined(ThreadKind::SerialOut, seccomp, "serial-out", move || {
+            write_loop(&writer, file)
         })?;
-        match confined.recv() {
-            Ok(Ok(())) => Ok(SerialOutput { shared }),
-            Ok(Err(e)) => Err(io::Error::other(e.to_string())),
-            Err(_) => Err(io::Error::other("the serial output thread ended at start")),
-        }
+        Ok(SerialOutput { shared })
     }
 
     /// Queues `bytes` (dropping what does not fit, see the module comment).

@@ -342,3 +342,46 @@ impl StartGate {
 
 #[cfg(test)]
 mod tests;
+
+/// Helper threads started while the VM is built (serial output, rejoin)
+/// whose filter is not confirmed yet: they install it themselves, in
+/// parallel with the rest of the build, and [`helpers_confined`] waits
+/// for them before the first guest instruction.
+static PENDING: std::sync::Mutex<Vec<std::sync::mpsc::Receiver<Result<(), String>>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Starts a helper thread (every asynchronous signal blocked) that first
+/// confines itself as `kind`, then runs `f`. Does not wait for it.
+pub fn spawn_confined<F>(
+    kind: ThreadKind,
+    mode: SeccompMode,
+    name: &str,
+    f: F,
+) -> std::io::Result<()>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    crate::stop::spawn_without_signals(name, move || {
+        let installed = install(kind, mode).map_err(|e| e.to_string());
+        let ok = installed.is_ok();
+        let _ = tx.send(installed);
+        if ok {
+            f();
+        }
+    })?;
+    PENDING.lock().unwrap_or_else(|e| e.into_inner()).push(rx);
+    Ok(())
+}
+
+/// Waits until every helper thread started so far is under its filter.
+pub fn helpers_confined() -> Result<(), String> {
+    let pending = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|e| e.into_inner()));
+    for rx in pending {
+        match rx.recv() {
+            Ok(result) => result?,
+            Err(_) => return Err("a helper thread ended before confining itself".into()),
+        }
+    }
+    Ok(())
+}

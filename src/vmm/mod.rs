@@ -251,10 +251,15 @@ impl Vmm {
                 }
             }
         }
-        // Confined last (it spawned the vCPUs); then the guest may run.
-        let confined = sandbox::install(ThreadKind::Vmm, self.ctx.seccomp);
+        // Confined last (it spawned the vCPUs), after the helper threads
+        // confirmed theirs; then the guest may run.
+        let confined = sandbox::helpers_confined()
+            .map_err(|e| format!("seccomp: a helper thread: {e}"))
+            .and_then(|()| {
+                sandbox::install(ThreadKind::Vmm, self.ctx.seccomp).map_err(|e| e.to_string())
+            });
         if let Err(e) = &confined {
-            self.stop.request(StopReason::Fatal(e.to_string()));
+            self.stop.request(StopReason::Fatal(e.clone()));
         }
         if self.ctx.seccomp == SeccompMode::Log {
             log::info!("seccomp: log mode: syscalls outside the filters are allowed and reported in the kernel log (dmesg, audit)");

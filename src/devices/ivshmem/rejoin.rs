@@ -16,7 +16,6 @@ use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 use crate::protocol::{self, PeerConnection};
 use crate::sandbox::{self, SeccompMode, ThreadKind};
 use crate::shm::ShmIdentity;
-use crate::stop::spawn_without_signals;
 
 /// The first try comes this long after the loss; each failure doubles it.
 const FIRST_TRY: Duration = Duration::from_millis(100);
@@ -71,7 +70,7 @@ pub struct Rejoiner {
 
 impl Rejoiner {
     /// Starts the (sleeping) thread; it confines itself with `seccomp`
-    /// before this returns.
+    /// before the first guest instruction (sandbox::helpers_confined).
     pub fn spawn(target: RejoinTarget, seccomp: SeccompMode) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -79,21 +78,11 @@ impl Rejoiner {
         });
         let ready = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)?;
         let (thread_shared, thread_ready) = (shared.clone(), ready.try_clone()?);
-        let (confined_tx, confined) = std::sync::mpsc::channel();
         let name = format!("ivshmem{}-rejoin", target.index);
-        spawn_without_signals(&name, move || {
-            let installed = sandbox::install(ThreadKind::Rejoin, seccomp);
-            let ok = installed.is_ok();
-            let _ = confined_tx.send(installed);
-            if ok {
-                rejoin_loop(&thread_shared, &thread_ready, &target);
-            }
+        sandbox::spawn_confined(ThreadKind::Rejoin, seccomp, &name, move || {
+            rejoin_loop(&thread_shared, &thread_ready, &target)
         })?;
-        match confined.recv() {
-            Ok(Ok(())) => Ok(Rejoiner { shared, ready }),
-            Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
-            Err(_) => Err(std::io::Error::other("the rejoin thread ended at start")),
-        }
+        Ok(Rejoiner { shared, ready })
     }
 
     /// The server is gone: start trying.
