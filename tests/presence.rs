@@ -337,3 +337,57 @@ fn the_host_client_rejoins_with_rejoin() {
     assert_eq!(out.code(), 0, "{out:?}");
     assert!(!out.stderr.contains("seccomp"), "{}", out.stderr);
 }
+
+/// A join or leave is visible to the guest within 10 ms (the bound):
+/// the guest publishes PR_GENERATION in shared memory the moment it moves;
+/// the host connects to (and leaves) the server itself and times it.
+#[test]
+fn a_join_or_leave_shows_in_the_guest_within_10_ms() {
+    if !require_kvm() {
+        return;
+    }
+    let shm = ShmGuard::new("ivt-presence-latency");
+    let server = Server::start(&["-l", "1M", "-n", "1", "-M", &shm.0]);
+    let rounds = 5;
+    let test = format!("presence-mirror changes={}", 2 * rounds);
+    let mut vm = start_guest(&test, &["--server", server.path()]);
+    vm.wait_for("presence-mirror gen=", BOOT);
+    // Polled without sleeping (a sleep's own latency would be measured),
+    // yielding the CPU between reads.
+    let file = std::fs::File::open(shm.path()).unwrap();
+    let shown = || {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 4];
+        file.read_exact_at(&mut b, 0x300).unwrap();
+        u32::from_le_bytes(b)
+    };
+    let wait_change = |from: u32| {
+        let start = Instant::now();
+        while shown() == from {
+            assert!(start.elapsed() < Duration::from_secs(5), "no change seen");
+            // Two cores, a busy vCPU: let the server and the event loop run.
+            std::thread::yield_now();
+        }
+        start.elapsed()
+    };
+    let mut took = Vec::new();
+    for _ in 0..rounds {
+        let before = shown();
+        let peer = std::os::unix::net::UnixStream::connect(&server.socket).unwrap();
+        took.push(wait_change(before));
+        std::thread::sleep(Duration::from_millis(50));
+        let before = shown();
+        drop(peer);
+        took.push(wait_change(before));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = vm.finish(Duration::from_secs(10));
+    assert!(out.passed(), "{out:?}");
+    took.sort();
+    let median = took[took.len() / 2];
+    eprintln!(
+        "presence: join/leave to guest, median {median:?}, max {:?}",
+        took.last().unwrap()
+    );
+    assert!(median < Duration::from_millis(10), "{took:?}");
+}

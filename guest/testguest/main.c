@@ -38,6 +38,7 @@ static const struct test_case tests[] = {
 	{ "acpi-reset", test_acpi_reset, true },
 	{ "presence", test_presence, true },
 	{ "rejoin-pingpong", test_rejoin_pingpong, true },
+	{ "presence-mirror", test_presence_mirror, true },
 	{ "ivshmem-shrink", test_ivshmem_shrink, true },
 	{ "bar0-storm", test_bar0_storm, true },
 };

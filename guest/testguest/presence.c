@@ -8,6 +8,7 @@
 #include "msix.h"
 #include "pci.h"
 #include "tests.h"
+#include "user.h"
 
 #define CAP_VENDOR	0x09
 #define PR_MAGIC	0x80
@@ -276,4 +277,66 @@ void test_rejoin_pingpong(void)
 	*done = MAGIC('R', 'J', 'D', 'N');
 	kprintf("rejoin-pingpong rounds=%lu retries=%lu slowest_us=%lu rejoins=%u id=%u peer=%u\n",
 		rounds, retries, slowest, rd(r.base, PR_REJOINS), ivshmem_id(r.d), r.peer);
+}
+
+/* ---- presence-mirror: how soon a change shows (tests/presence.rs times it) ---- */
+
+#define MIRROR_OFF 0x300	/* u32: the last PR_GENERATION the guest saw */
+
+struct mirror {
+	u64 base, tsc_per_us, reads;
+	volatile u32 *out;
+	u32 changes;
+};
+
+/* CPL3: read PR_GENERATION without pause and publish every new value. */
+static u64 user_mirror(u64 arg)
+{
+	struct mirror *m = (struct mirror *)arg;
+	u32 last = *m->out, seen = 0;
+	while (seen < m->changes && irq_count[VEC_TIMER] == 0) {
+		/* About 20 us between reads: each read is served by the VMM with
+		 * the device held, and a guest reading back to back would keep
+		 * the event loop (which updates the registers) out. */
+		u64 t = rdtsc() + 20 * m->tsc_per_us;
+		while (rdtsc() < t)
+			pause();
+		u32 g = mmio_read32(m->base + PR_GENERATION);
+		m->reads++;
+		if (g != last) {
+			*m->out = g;
+			last = g;
+			seen++;
+		}
+	}
+	return seen;
+}
+
+// presence-mirror [changes=2] [timeout_ms=30000]: publishes PR_GENERATION
+// at BAR2+0x300 the moment it changes, so the host can time a join/leave.
+void test_presence_mirror(void)
+{
+	u64 timeout_ms = param_u64("timeout_ms", 30000);
+	struct ivshmem_dev devs[IVSHMEM_MAX];
+	ivshmem_find(devs, IVSHMEM_MAX, true);
+	struct ivshmem_dev *d = &devs[0];
+	if (!find_presence_cap(d->f))
+		fail("no presence extension");
+	static struct mirror m;
+	m.base = d->bar[0].addr;
+	m.out = (volatile u32 *)(d->bar[2].addr + MIRROR_OFF);
+	m.changes = (u32)param_u64("changes", 2);
+	m.tsc_per_us = tsc_per_us();
+	*m.out = rd(m.base, PR_GENERATION);
+	lapic_enable();
+	lapic_timer_oneshot_ms(timeout_ms > 500000 ? 500000 : (u32)timeout_ms);
+	sti();
+	kprintf("presence-mirror gen=%u ready\n", *m.out);
+	u64 t0 = rdtsc();
+	u64 seen = user_call(user_mirror, (u64)&m, true);
+	u64 us = (rdtsc() - t0) / m.tsc_per_us;
+	kprintf("presence-mirror changes=%lu gen=%u reads=%lu us_per_read=%lu\n", seen, *m.out,
+		m.reads, m.reads ? us / m.reads : 0);
+	if (seen < m.changes)
+		fail("saw %lu of %u changes", seen, m.changes);
 }

@@ -27,6 +27,7 @@ void test_acpi_poweroff(void);
 void test_acpi_reset(void);
 void test_presence(void);
 void test_rejoin_pingpong(void);
+void test_presence_mirror(void);
 void test_ivshmem_shrink(void);
 void test_bar0_storm(void);
 

@@ -66,7 +66,11 @@ pub struct DeviceWatch {
     paused: bool,
 }
 
-/// `dev`, unless it is held and `can_wait_later` (then None).
+/// `dev`, unless it stays held for [`BUSY_SPIN`] and `can_wait_later`
+/// (then None). A vCPU holds it for microseconds to serve a register
+/// access — a guest polling its registers holds it most of the time — so
+/// the short spin keeps those from costing a 1 ms retry; only long work
+/// (a BAR0 move's re-registrations) outlasts it.
 fn try_lock(
     dev: &Mutex<IvshmemDevice>,
     can_wait_later: bool,
@@ -74,12 +78,19 @@ fn try_lock(
     if !can_wait_later {
         return Some(dev.lock().unwrap_or_else(|e| e.into_inner()));
     }
-    match dev.try_lock() {
-        Ok(guard) => Some(guard),
-        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
-        Err(std::sync::TryLockError::WouldBlock) => None,
+    let deadline = Instant::now() + BUSY_SPIN;
+    loop {
+        match dev.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() >= deadline => return None,
+            Err(std::sync::TryLockError::WouldBlock) => std::hint::spin_loop(),
+        }
     }
 }
+
+/// How long to try for a device a vCPU holds before pausing (see `try_lock`).
+const BUSY_SPIN: Duration = Duration::from_micros(100);
 
 /// How long to leave a busy device alone before looking again.
 const BUSY_RETRY: Duration = Duration::from_millis(1);
