@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use ivvmm::fuzz::device::{DeviceTarget, Sabotage};
 use ivvmm::fuzz::peer::PeerTarget;
+use ivvmm::fuzz::server::ServerTarget;
 use ivvmm::fuzz::{quiet_panics, run, Outcome};
 
 fn usage(why: &str) -> ExitCode {
@@ -72,11 +73,19 @@ fn main() -> ExitCode {
     quiet_panics();
     let start = Instant::now();
     // The device is the larger surface and the cheaper operation: it gets
-    // 80 % of the budget, the protocol (syscalls per operation) the rest.
+    // 80 % of the budget, the protocol (syscalls per operation) most of the
+    // rest, the real server (sockets, a thread, handshakes) 1 %.
     let device_ops = ops / 5 * 4;
+    let server_ops = (ops / 100).max(1);
     let outcomes: Vec<Outcome> = vec![
         run(&DeviceTarget { sabotage }, seed, device_ops, 1000),
-        run(&PeerTarget, seed ^ 0x5eed, ops - device_ops, 200),
+        run(
+            &PeerTarget,
+            seed ^ 0x5eed,
+            ops.saturating_sub(device_ops + server_ops),
+            200,
+        ),
+        run(&ServerTarget, seed ^ 0x5e7e, server_ops, 60),
     ];
     let (mut total, mut failures) = (0, 0);
     for o in &outcomes {

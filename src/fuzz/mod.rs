@@ -14,6 +14,7 @@
 
 pub mod device;
 pub mod peer;
+pub mod server;
 
 use std::fmt::Debug;
 use std::panic::{self, AssertUnwindSafe};
