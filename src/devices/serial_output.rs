@@ -53,6 +53,27 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Waits on `room` while `busy` holds, until `deadline`.
+    fn wait_room<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        deadline: Instant,
+        busy: impl Fn(&State) -> bool,
+    ) -> MutexGuard<'a, State> {
+        while busy(&st) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = self
+                .room
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        st
+    }
 }
 
 /// The vCPU side: [`Write`] never blocks for longer than [`STALL`].
@@ -96,19 +117,9 @@ impl SerialOutput {
                 continue;
             }
             if !st.stalled {
-                let deadline = Instant::now() + STALL;
-                while st.buf.len() == BUFFER && !st.broken {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    st = self
-                        .shared
-                        .room
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
+                st = self.shared.wait_room(st, Instant::now() + STALL, |st| {
+                    st.buf.len() == BUFFER && !st.broken
+                });
                 if st.buf.len() < BUFFER || st.broken {
                     continue;
                 }
@@ -127,20 +138,10 @@ impl SerialOutput {
 
     /// Gives what is buffered up to [`DRAIN`] to go out; says what was lost.
     pub fn finish(&self) {
-        let deadline = Instant::now() + DRAIN;
-        let mut st = self.shared.lock();
-        while (!st.buf.is_empty() || st.writing > 0) && !st.broken && !st.stalled {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            st = self
-                .shared
-                .room
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let st = self.shared.lock();
+        let mut st = self.shared.wait_room(st, Instant::now() + DRAIN, |st| {
+            (!st.buf.is_empty() || st.writing > 0) && !st.broken && !st.stalled
+        });
         let unwritten = (st.buf.len() + st.writing) as u64;
         if !st.broken && (unwritten > 0 || st.dropped_total > 0) {
             log::warn!(

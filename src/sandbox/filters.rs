@@ -219,6 +219,29 @@ fn runtime() -> Vec<Allow> {
     ]
 }
 
+/// Reading the server's messages after the handshake, and checking the
+/// fds they carry (the VM's event loop and `ivvmm client`).
+fn server_messages() -> Vec<Allow> {
+    vec![
+        any(
+            libc::SYS_recvmsg,
+            "recvmsg",
+            "the server's messages (peers joining, with eventfds)",
+        ),
+        any(
+            libc::SYS_readlink,
+            "readlink",
+            "/proc/self/fd/N: is a peer's fd an eventfd",
+        ),
+        any(
+            libc::SYS_fstat,
+            "fstat",
+            "what a peer's fd that is no eventfd is (or, without /proc, is it one)",
+        ),
+        fstat_fd(),
+    ]
+}
+
 /// A vCPU thread: KVM_RUN and the exits it handles itself.
 fn vcpu() -> Vec<Allow> {
     let mut t = runtime();
@@ -267,6 +290,7 @@ fn vcpu() -> Vec<Allow> {
 /// connection, masked vectors) and the teardown after it.
 fn vmm() -> Vec<Allow> {
     let mut t = runtime();
+    t.extend(server_messages());
     t.extend([
         any(libc::SYS_epoll_wait, "epoll_wait", "the event loop"),
         any(
@@ -279,22 +303,6 @@ fn vmm() -> Vec<Allow> {
             "read",
             "stdin, the signalfd, eventfds, the PVM hint timer",
         ),
-        any(
-            libc::SYS_recvmsg,
-            "recvmsg",
-            "the server's messages (peers joining, with eventfds)",
-        ),
-        any(
-            libc::SYS_readlink,
-            "readlink",
-            "/proc/self/fd/N: is a peer's fd an eventfd",
-        ),
-        any(
-            libc::SYS_fstat,
-            "fstat",
-            "what a peer's fd that is no eventfd is (or, without /proc, is it one)",
-        ),
-        fstat_fd(),
         ioctl(
             KVM_IOEVENTFD,
             "ioctl(KVM_IOEVENTFD)",
@@ -433,6 +441,7 @@ fn server() -> Vec<Allow> {
 /// measures round trips.
 fn client() -> Vec<Allow> {
     let mut t = runtime();
+    t.extend(server_messages());
     t.extend([
         any(
             libc::SYS_poll,
@@ -440,22 +449,6 @@ fn client() -> Vec<Allow> {
             "waiting for a vector, the server or a signal",
         ),
         any(libc::SYS_read, "read", "eventfds, the signalfd"),
-        any(
-            libc::SYS_recvmsg,
-            "recvmsg",
-            "the server's messages (peers joining, with eventfds)",
-        ),
-        any(
-            libc::SYS_readlink,
-            "readlink",
-            "/proc/self/fd/N: is a peer's fd an eventfd",
-        ),
-        any(
-            libc::SYS_fstat,
-            "fstat",
-            "what a peer's fd that is no eventfd is (or, without /proc, is it one)",
-        ),
-        fstat_fd(),
         any(
             libc::SYS_clock_nanosleep,
             "clock_nanosleep",
