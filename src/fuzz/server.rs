@@ -100,6 +100,10 @@ struct Run {
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
     /// Present peers by id, in join order of the model.
     peers: BTreeMap<u16, Peer>,
+    /// A peer that never leaves: it sees every join and leave, so the
+    /// model waits for the server to have handled a leave before the next
+    /// operation even when no other peer is there to tell.
+    observer: u16,
 }
 
 impl Run {
@@ -142,18 +146,29 @@ impl Run {
         ready
             .recv()
             .map_err(|_| "the server thread died".to_string())??;
-        Ok(Run {
+        let mut run = Run {
             vectors: setup.vectors,
             socket,
             dir,
             stop,
             thread: Some(thread),
             peers: BTreeMap::new(),
-        })
+            observer: 0,
+        };
+        run.join()?;
+        run.observer = *run.peers.keys().next().ok_or("no observer")?;
+        Ok(run)
     }
 
+    /// The `i`th present peer (mod their number), the observer excepted.
     fn nth(&self, i: usize) -> Option<u16> {
-        (!self.peers.is_empty()).then(|| *self.peers.keys().nth(i % self.peers.len()).unwrap_or(&0))
+        let others: Vec<u16> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|&id| id != self.observer)
+            .collect();
+        (!others.is_empty()).then(|| others[i % others.len()])
     }
 
     fn apply(&mut self, op: &ServerOp) -> Result<(), String> {
