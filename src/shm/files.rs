@@ -81,21 +81,24 @@ pub(super) fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// Why a directory could not be looked at: it is not there, or stat failed.
+fn dir_stat_error(dir: &Path, errno: Errno) -> ShmError {
+    match errno {
+        Errno::ENOENT | Errno::ENOTDIR => ShmError::NoDirectory {
+            dir: dir.to_path_buf(),
+        },
+        errno => ShmError::Stat {
+            what: dir.display().to_string(),
+            errno,
+        },
+    }
+}
+
 /// The huge page size if `dir` is on hugetlbfs (and `size` fits it).
 pub(super) fn hugetlbfs_page(dir: &Path, what: &str, size: u64) -> Result<Option<u64>, ShmError> {
     let fs = match statfs(dir) {
         Ok(fs) => fs,
-        Err(Errno::ENOENT | Errno::ENOTDIR) => {
-            return Err(ShmError::NoDirectory {
-                dir: dir.to_path_buf(),
-            })
-        }
-        Err(errno) => {
-            return Err(ShmError::Stat {
-                what: dir.display().to_string(),
-                errno,
-            })
-        }
+        Err(errno) => return Err(dir_stat_error(dir, errno)),
     };
     if fs.filesystem_type() != HUGETLBFS_MAGIC {
         return Ok(None);
@@ -170,17 +173,7 @@ pub(super) fn check_trusted(st: &FileStat, what: &str, trust: Trust) -> Result<(
 pub(super) fn check_parent(dir: &Path, what: &str) -> Result<(), ShmError> {
     let st = match stat(dir) {
         Ok(st) => st,
-        Err(Errno::ENOENT | Errno::ENOTDIR) => {
-            return Err(ShmError::NoDirectory {
-                dir: dir.to_path_buf(),
-            })
-        }
-        Err(errno) => {
-            return Err(ShmError::Stat {
-                what: dir.display().to_string(),
-                errno,
-            })
-        }
+        Err(errno) => return Err(dir_stat_error(dir, errno)),
     };
     let mode = st.st_mode & 0o7777;
     if mode & 0o002 != 0 && mode & 0o1000 == 0 {
