@@ -5,7 +5,8 @@
 //! tests and benchmarks drive exactly the code users run.
 
 // From the top (the command line) down; a module imports only from
-// modules below it. At the bottom, used by all: config, shm, stop, logger.
+// modules below it. At the bottom, used by all: config, shm, stop, logger,
+// placement.
 pub mod arch;
 pub mod bus;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod fdlimit;
 pub mod fuzz;
 pub mod irq;
 pub mod logger;
+pub mod placement;
 pub mod protocol;
 pub mod sandbox;
 pub mod server;

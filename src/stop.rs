@@ -38,7 +38,7 @@ where
         blocked.remove(sync);
     }
     let old = blocked.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK);
-    let spawned = std::thread::Builder::new().name(name.into()).spawn(f);
+    let spawned = crate::placement::spawn_beside(name, f);
     if let Ok(old) = old {
         let _ = old.thread_set_mask();
     }

@@ -157,9 +157,9 @@ impl VcpuHandle {
 
 /// Starts `vcpu` on a thread named `vcpu<index>`.
 pub fn spawn(vcpu: VcpuFd, index: u8, ctx: VcpuContext) -> io::Result<VcpuHandle> {
-    let thread = std::thread::Builder::new()
-        .name(format!("vcpu{index}"))
-        .spawn(move || run_loop(vcpu, index, &ctx))?;
+    let thread = crate::placement::spawn_beside(&format!("vcpu{index}"), move || {
+        run_loop(vcpu, index, &ctx)
+    })?;
     Ok(VcpuHandle { thread })
 }
 

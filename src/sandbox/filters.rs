@@ -181,6 +181,11 @@ fn runtime() -> Vec<Allow> {
             "Instant::now where the vDSO falls back to the kernel",
         ),
         any(
+            libc::SYS_sched_yield,
+            "sched_yield",
+            "start-up waits poll, yielding the CPU (sandbox::poll_briefly)",
+        ),
+        any(
             libc::SYS_rt_sigreturn,
             "rt_sigreturn",
             "returning from a signal handler",

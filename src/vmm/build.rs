@@ -5,6 +5,7 @@
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY,
@@ -14,7 +15,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::sources::EventLoop;
-use super::{io_err, kvm_err, max_vcpus, VmmError};
+use super::{io_err, kvm_err, max_vcpus, open_kvm, VmmError};
 use crate::arch::x86_64::boot::{self, BootEntry};
 use crate::arch::x86_64::{acpi, cpuid, layout, mptable, regs};
 use crate::bus::Bus;
@@ -53,12 +54,38 @@ pub(super) fn check_host(kvm: &Kvm, config: &VmConfig) -> Result<(), VmmError> {
     Ok(())
 }
 
-/// Total host memory from /proc/meminfo, if it can be read.
+/// Total host memory (MemTotal), if it can be read: sysinfo(2), one call
+/// where reading /proc/meminfo took eight.
 fn host_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    Some(nix::sys::sysinfo::sysinfo().ok()?.ram_total())
+}
+
+/// KVM's supported CPUID, asked on another CPU while the build goes on.
+///
+/// KVM_GET_SUPPORTED_CPUID runs ~55 host CPUID instructions; where the host
+/// is itself a virtual machine each is a VM exit, ~0.3 ms in all, as long
+/// as mapping RAM and creating the VM. Nothing needs the answer before the
+/// firmware tables (the guest's physical address width), so a helper
+/// thread [placed beside this one](crate::placement) asks it, on its own
+/// /dev/kvm fd, meanwhile. The helper ends before any thread is confined.
+pub(super) struct SupportedCpuid(Option<JoinHandle<Result<Vec<kvm_cpuid_entry2>, VmmError>>>);
+
+impl SupportedCpuid {
+    /// Starts asking; if no thread can be had, [`wait`](Self::wait) asks.
+    pub(super) fn ask() -> SupportedCpuid {
+        let ask = || Ok(cpuid::supported(&open_kvm()?)?);
+        SupportedCpuid(crate::placement::spawn_beside("kvm-cpuid", ask).ok())
+    }
+
+    /// The answer (asked here if the helper could not start).
+    pub(super) fn wait(self, kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, VmmError> {
+        match self.0 {
+            Some(helper) => helper
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => Ok(cpuid::supported(kvm)?),
+        }
+    }
 }
 
 /// Guest RAM as `layout` places it (below 3 GiB, the rest above 4 GiB).
@@ -94,28 +121,35 @@ pub(super) fn register_ram(vm: &VmFd, guest_mem: &GuestMemoryMmap) -> Result<u32
     Ok(next_slot)
 }
 
-/// The kernel, initrd and command line, then the firmware tables that
-/// describe the machine to it: the MP table, for kernels without ACPI or
-/// booted with `acpi=off`, and the ACPI tables (whose PCI windows depend on
-/// the guest's physical address width). The tables need only RAM and the
-/// configuration; the power device their FADT names is a legacy device.
-pub(super) fn load_guest(
+/// The kernel, initrd and command line, into RAM.
+pub(super) fn load_kernel(
     guest_mem: &GuestMemoryMmap,
     config: &VmConfig,
-    phys_bits: u8,
 ) -> Result<BootEntry, VmmError> {
-    let entry = boot::load_kernel(
+    Ok(boot::load_kernel(
         guest_mem,
         config.mem_size,
         &config.kernel,
         config.initrd.as_deref(),
         &config.cmdline,
-    )?;
+    )?)
+}
+
+/// The firmware tables that describe the machine to the kernel: the MP
+/// table, for kernels without ACPI or booted with `acpi=off`, and the ACPI
+/// tables (whose PCI windows depend on the guest's physical address width,
+/// so after CPUID). The tables need only RAM and the configuration; the
+/// power device their FADT names is a legacy device.
+pub(super) fn firmware_tables(
+    guest_mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    phys_bits: u8,
+) -> Result<(), VmmError> {
     // check_host bounded the vCPU count by mptable::MAX_CPUS.
     let num_cpus = config.cpus as u8;
     mptable::setup_mptable(guest_mem, num_cpus)?;
     acpi::setup_acpi(guest_mem, num_cpus, config.mem_size, phys_bits)?;
-    Ok(entry)
+    Ok(())
 }
 
 /// The ivshmem devices and the PCI bus they sit on. Each opens its shared

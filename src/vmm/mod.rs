@@ -147,14 +147,16 @@ impl Vmm {
     pub fn new(config: &VmConfig) -> Result<Vmm, VmmError> {
         let kvm = open_kvm()?;
         build::check_host(&kvm, config)?;
+        let supported_cpuid = build::SupportedCpuid::ask();
         // RAM exists before the VM, so that a failure below drops the VM
         // (locals drop in reverse) before the memory its slots point into.
         let guest_mem = build::guest_memory(config.mem_size)?;
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
         let first_device_slot = build::register_ram(&vm, &guest_mem)?;
-        let supported_cpuid = cpuid::supported(&kvm)?;
+        let entry = build::load_kernel(&guest_mem, config)?;
+        let supported_cpuid = supported_cpuid.wait(&kvm)?;
         let phys_bits = cpuid::phys_bits(&supported_cpuid);
-        let entry = build::load_guest(&guest_mem, config, phys_bits)?;
+        build::firmware_tables(&guest_mem, config, phys_bits)?;
 
         let stop = Arc::new(VmStop::new().map_err(io_err("the stop event"))?);
         let pio = Arc::new(Bus::new("port I/O"));
