@@ -15,8 +15,51 @@
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::unix::thread::JoinHandleExt;
+use std::sync::mpsc::{Receiver, RecvError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long a start-up wait between threads polls before it sleeps.
+///
+/// Waking a thread that sleeps on an idle CPU takes 0.1–0.7 ms where the
+/// host is itself a virtual machine (the hypervisor must run that CPU
+/// again), more than the waits of start-up last: a vCPU for the event
+/// loop's filter, the event loop for a helper's answer. Polling, with the
+/// CPU yielded between polls to any thread that shares it, spares that; a
+/// wait that outlasts this sleeps.
+pub const POLL_BEFORE_SLEEP: Duration = Duration::from_millis(2);
+
+/// Polls `ready` for up to [`POLL_BEFORE_SLEEP`]; whether it became true.
+pub fn poll_briefly(mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + POLL_BEFORE_SLEEP;
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// `rx.recv()`, polled for up to [`POLL_BEFORE_SLEEP`] first.
+pub fn recv_soon<T>(rx: &Receiver<T>) -> Result<T, RecvError> {
+    let mut got = None;
+    poll_briefly(|| match rx.try_recv() {
+        Ok(v) => {
+            got = Some(Ok(v));
+            true
+        }
+        Err(TryRecvError::Empty) => false,
+        Err(TryRecvError::Disconnected) => {
+            got = Some(Err(RecvError));
+            true
+        }
+    });
+    got.unwrap_or_else(|| rx.recv())
+}
 
 /// Starts `f` on a new thread named `name`, placed off the caller's CPU
 /// until it starts (best effort: where affinity can't be read or set, the

@@ -24,7 +24,6 @@ pub mod filters;
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
-use std::sync::mpsc::TryRecvError;
 use std::sync::{Condvar, Mutex, Once};
 
 use seccompiler::{
@@ -314,38 +313,14 @@ extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _ctx: *
     }
 }
 
-/// How long a start-up wait between threads polls before it sleeps.
-///
-/// Where the host is itself a virtual machine, waking a thread that sleeps
-/// on an idle CPU takes 0.1–0.7 ms (the hypervisor must run that CPU again;
-/// measured on the PVM host of `scripts/bench boot`), more than the waits
-/// of start-up last: the vCPU for the event loop's filter, the event loop
-/// for the helpers'. Polling, with the CPU yielded between polls to any
-/// thread that shares it, lets the first guest instruction come that much
-/// sooner; a wait that outlasts this sleeps as before.
-const POLL_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_millis(2);
-
-/// Polls `ready` for up to [`POLL_BEFORE_SLEEP`]; whether it became true.
-fn poll_briefly(mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + POLL_BEFORE_SLEEP;
-    loop {
-        if ready() {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::yield_now();
-    }
-}
-
 /// Lets vCPU threads into the guest only once the event-loop thread is
 /// confined too, so no guest instruction runs before every thread is.
 #[derive(Default)]
 pub struct StartGate {
     open: Mutex<Option<bool>>,
     cv: Condvar,
-    /// `open`'s value for [`poll_briefly`]: 0 closed, 1 go, 2 don't.
+    /// `open`'s value for [`poll_briefly`](crate::placement::poll_briefly):
+    /// 0 closed, 1 go, 2 don't.
     state: AtomicU8,
 }
 
@@ -360,7 +335,7 @@ impl StartGate {
 
     /// Waits until opened; returns whether to run.
     pub fn wait(&self) -> bool {
-        if poll_briefly(|| self.state.load(Ordering::Acquire) != 0) {
+        if crate::placement::poll_briefly(|| self.state.load(Ordering::Acquire) != 0) {
             return self.state.load(Ordering::Acquire) == 1;
         }
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
@@ -411,21 +386,9 @@ where
 pub fn helpers_confined() -> Result<(), String> {
     let pending = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|e| e.into_inner()));
     for rx in pending {
-        let mut early = None;
-        poll_briefly(|| match rx.try_recv() {
-            Ok(result) => {
-                early = Some(Ok(result));
-                true
-            }
-            Err(TryRecvError::Empty) => false,
-            Err(TryRecvError::Disconnected) => {
-                early = Some(Err(()));
-                true
-            }
-        });
-        match early.unwrap_or_else(|| rx.recv().map_err(|_| ())) {
+        match crate::placement::recv_soon(&rx) {
             Ok(result) => result?,
-            Err(()) => return Err("a helper thread ended before confining itself".into()),
+            Err(_) => return Err("a helper thread ended before confining itself".into()),
         }
     }
     Ok(())

@@ -3,7 +3,9 @@
 //! Each step says what it must come after and why.
 
 use std::fs::OpenOptions;
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -60,31 +62,94 @@ fn host_memory() -> Option<u64> {
     Some(nix::sys::sysinfo::sysinfo().ok()?.ram_total())
 }
 
-/// KVM's supported CPUID, asked on another CPU while the build goes on.
+/// The two steps of the build that wait on nothing the steps between make,
+/// done on another CPU by a helper thread [placed beside](crate::placement)
+/// this one:
 ///
-/// KVM_GET_SUPPORTED_CPUID runs ~55 host CPUID instructions; where the host
-/// is itself a virtual machine each is a VM exit, ~0.3 ms in all, as long
-/// as mapping RAM and creating the VM. Nothing needs the answer before the
-/// firmware tables (the guest's physical address width), so a helper
-/// thread [placed beside this one](crate::placement) asks it, on its own
-/// /dev/kvm fd, meanwhile. The helper ends before any thread is confined.
-pub(super) struct SupportedCpuid(Option<JoinHandle<Result<Vec<kvm_cpuid_entry2>, VmmError>>>);
+/// - KVM's supported CPUID, on the helper's own /dev/kvm fd: ~55 host CPUID
+///   instructions, each a VM exit where the host is itself virtualized,
+///   ~0.3 ms in all, as long as mapping RAM and creating the VM. Nothing
+///   needs it before the firmware tables (the guest's address width).
+/// - The PIT, once the irqchip exists: ~0.1 ms (KVM starts a kernel thread
+///   for it and registers its ports), while the legacy devices and the
+///   vCPUs are made.
+///
+/// [`finish`](Self::finish) joins the helper before any thread is confined.
+/// Without a thread both steps run here, in the same order.
+pub(super) struct BesideBuild {
+    helper: Option<Helper>,
+}
 
-impl SupportedCpuid {
-    /// Starts asking; if no thread can be had, [`wait`](Self::wait) asks.
-    pub(super) fn ask() -> SupportedCpuid {
-        let ask = || Ok(cpuid::supported(&open_kvm()?)?);
-        SupportedCpuid(crate::placement::spawn_beside("kvm-cpuid", ask).ok())
+struct Helper {
+    thread: JoinHandle<Result<(), VmmError>>,
+    cpuid: Receiver<Result<Vec<kvm_cpuid_entry2>, VmmError>>,
+    /// The VM once its irqchip exists; dropped unsent if the build fails.
+    pit: Sender<Arc<VmFd>>,
+}
+
+impl BesideBuild {
+    /// Starts the helper (it asks for CPUID right away).
+    pub(super) fn start() -> BesideBuild {
+        let (cpuid_tx, cpuid) = mpsc::channel();
+        let (pit, pit_rx) = mpsc::channel::<Arc<VmFd>>();
+        let thread = crate::placement::spawn_beside("build-helper", move || {
+            let supported = open_kvm().and_then(|kvm| Ok(cpuid::supported(&kvm)?));
+            let asked = supported.is_ok();
+            let _ = cpuid_tx.send(supported);
+            match crate::placement::recv_soon(&pit_rx) {
+                Ok(vm) if asked => create_pit(&vm),
+                _ => Ok(()),
+            }
+        });
+        BesideBuild {
+            helper: thread.ok().map(|thread| Helper { thread, cpuid, pit }),
+        }
     }
 
-    /// The answer (asked here if the helper could not start).
-    pub(super) fn wait(self, kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, VmmError> {
-        match self.0 {
-            Some(helper) => helper
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+    /// KVM's supported CPUID (asked with `kvm` if there is no helper).
+    pub(super) fn supported_cpuid(&self, kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, VmmError> {
+        match &self.helper {
+            Some(h) => crate::placement::recv_soon(&h.cpuid).unwrap_or_else(|_| {
+                Err(VmmError::Io {
+                    what: "the build helper (asking KVM for CPUID)",
+                    err: io::Error::other("it ended without an answer"),
+                })
+            }),
             None => Ok(cpuid::supported(kvm)?),
         }
+    }
+
+    /// Has the PIT created on `vm`, whose irqchip exists.
+    fn create_pit(&self, vm: &Arc<VmFd>) -> Result<(), VmmError> {
+        match &self.helper {
+            Some(h) if h.pit.send(vm.clone()).is_ok() => Ok(()),
+            _ => create_pit(vm),
+        }
+    }
+
+    /// Waits for the helper to end; its error, if it had one.
+    pub(super) fn finish(mut self) -> Result<(), VmmError> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), VmmError> {
+        match self.helper.take() {
+            Some(h) => {
+                drop(h.pit);
+                h.thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BesideBuild {
+    /// A failed build still waits for the helper, which may hold the VM:
+    /// the VM must be gone before its RAM is unmapped.
+    fn drop(&mut self) {
+        let _ = self.join();
     }
 }
 
@@ -182,24 +247,29 @@ pub(super) fn ivshmem_devices(
     Ok((root, devices))
 }
 
-/// The in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT.
+/// The in-kernel irqchip (PIC, IOAPIC, LAPICs), then the PIT (by the
+/// helper: see [`BesideBuild`]).
 ///
 /// After every memory slot that exists at boot: once an irqchip exists,
 /// each memory-slot change waits for an SRCU grace period inside KVM (~7 ms
 /// here, most of the time to first guest output), while before it takes
 /// microseconds. Only a BAR2 the guest moves later pays the grace period.
-pub(super) fn irqchip_and_clock(vm: &VmFd) -> Result<(), VmmError> {
+/// The PIT after the irqchip: KVM wires it to the irqchip's PIC.
+pub(super) fn irqchip_and_clock(vm: &Arc<VmFd>, beside: &BesideBuild) -> Result<(), VmmError> {
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
     vm.create_irq_chip()
         .map_err(kvm_err("creating the in-kernel irqchip"))?;
+    beside.create_pit(vm)
+}
+
+fn create_pit(vm: &VmFd) -> Result<(), VmmError> {
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
     vm.create_pit2(pit)
-        .map_err(kvm_err("creating the in-kernel PIT"))?;
-    Ok(())
+        .map_err(kvm_err("creating the in-kernel PIT"))
 }
 
 /// COM1 (with stdin as its input when the console is stdio), the i8042

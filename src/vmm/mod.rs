@@ -147,14 +147,16 @@ impl Vmm {
     pub fn new(config: &VmConfig) -> Result<Vmm, VmmError> {
         let kvm = open_kvm()?;
         build::check_host(&kvm, config)?;
-        let supported_cpuid = build::SupportedCpuid::ask();
         // RAM exists before the VM, so that a failure below drops the VM
-        // (locals drop in reverse) before the memory its slots point into.
+        // (locals drop in reverse) before the memory its slots point into;
+        // and before the build helper, which may hold the VM too and is
+        // joined when dropped.
         let guest_mem = build::guest_memory(config.mem_size)?;
+        let beside = build::BesideBuild::start();
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
         let first_device_slot = build::register_ram(&vm, &guest_mem)?;
         let entry = build::load_kernel(&guest_mem, config)?;
-        let supported_cpuid = supported_cpuid.wait(&kvm)?;
+        let supported_cpuid = beside.supported_cpuid(&kvm)?;
         let phys_bits = cpuid::phys_bits(&supported_cpuid);
         build::firmware_tables(&guest_mem, config, phys_bits)?;
 
@@ -177,7 +179,7 @@ impl Vmm {
         // Devices with memory slots before the irqchip (see irqchip_and_clock).
         let (root, mut devices) =
             build::ivshmem_devices(config, &env, first_device_slot, &mut events)?;
-        build::irqchip_and_clock(&vm)?;
+        build::irqchip_and_clock(&vm, &beside)?;
         let uart_events = build::legacy_devices(&vm, config, &pio, &stop, &mut events)?;
         pio.insert(
             CONFIG_ADDRESS_PORT,
@@ -185,6 +187,7 @@ impl Vmm {
             Arc::new(Mutex::new(root)),
         )?;
         let vcpus = build::vcpus(&vm, &supported_cpuid, config.cpus, &guest_mem, &entry)?;
+        beside.finish()?;
 
         let ctx = VcpuContext {
             pio,
