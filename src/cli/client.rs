@@ -17,7 +17,11 @@ use crate::sandbox::{self, SandboxError, SeccompMode, ThreadKind};
 use crate::stop::signals_as_events;
 
 /// `ivvmm client`: a host process that joins an ivshmem server as a peer.
+// Deferred like `ivvmm server`'s arguments: this `about` heads the help.
 #[derive(Debug, clap::Args)]
+#[command(
+    about = "A host process that joins an ivshmem server as a peer: ring, wait, dump, ping, pong"
+)]
 pub struct ClientArgs {
     /// The server's UNIX socket
     #[arg(short = 'S', long = "socket", default_value = "/tmp/ivshmem_socket")]

@@ -48,7 +48,10 @@ pub struct Cli {
     pub verbose: u8,
 }
 
+/// The subcommands' arguments are built only when one is used (`defer`):
+/// the VM path, the one timed from process start, skips building them.
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum Command {
     /// An ivshmem server, wire-compatible with QEMU's ivshmem-server.
     Server(server::ServerArgs),

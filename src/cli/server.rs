@@ -37,8 +37,13 @@ Differences from QEMU's ivshmem-server (details: docs/server.md):
   - A peer that stops reading is dropped instead of silently missing notices.";
 
 /// `ivvmm server`: an ivshmem server, wire-compatible with QEMU's.
+// The subcommand's arguments are deferred (cli::Command), so what is set
+// here, not the variant's doc comment, heads `ivvmm server --help`.
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = DIFFERENCES)]
+#[command(
+    about = "An ivshmem server, wire-compatible with QEMU's ivshmem-server",
+    after_long_help = DIFFERENCES
+)]
 pub struct ServerArgs {
     /// UNIX socket to listen on
     #[arg(short = 'S', long = "socket", default_value = "/tmp/ivshmem_socket")]
