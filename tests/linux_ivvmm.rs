@@ -12,8 +12,9 @@
 mod common;
 mod linux;
 
+use linux::boot::{assert_vm_booted, KERNELS};
 use linux::checks::{self, MIB4};
-use linux::{skip_linux_in_ivvmm, TempDir, Vm};
+use linux::{skip_linux_in_ivvmm, val, TempDir, Vm};
 
 #[test]
 fn driver_binds_every_plain_device_with_its_sysfs_attributes() {
@@ -96,4 +97,69 @@ fn rmmod_is_refused_while_mapped_and_unbind_revokes_the_mapping() {
         .plain(&dir.path().join("shm"), "4M")
         .run();
     checks::assert_rmmod_live(&out);
+}
+
+/// tests/stock_kernels.rs's boot scenarios (see tests/linux/boot.rs), on
+/// hardware KVM: per kernel, `ivvmm server` and two `--cpus 2` VMs that
+/// check their firmware path, CPUs and driver, `check --host` on a plain
+/// device, 100 doorbell round trips, then power off (or, without ACPI,
+/// reboot), ivvmm exiting 0.
+#[test]
+fn stock_and_own_kernels_boot_check_ping_pong_and_power_off() {
+    if skip_linux_in_ivvmm() {
+        return;
+    }
+    for k in &KERNELS {
+        let img = k.images();
+        let dir = TempDir::new(k.scenario);
+        let sock = dir.path().join("sock");
+        let _server = checks::start_server(&sock);
+        let plain = dir.path().join("plain");
+        let f = checks::shm_file(&plain, MIB4);
+        checks::write_host_pattern(&f);
+        let boot = format!("sh /tests/boot.sh {} 2", k.firmware());
+
+        let pong = Vm::ivvmm_with(
+            &format!("{}-pong", k.scenario),
+            &format!("{boot} && ivshm pong"),
+            &img,
+        )
+        .cpus(2)
+        .cmdline(&k.cmdline())
+        .doorbell(&sock, 2)
+        .spawn();
+        let ping = Vm::ivvmm_with(
+            &format!("{}-ping", k.scenario),
+            &format!(
+                "{boot} && ivshm --dev /dev/ivshmem1 check --host && ivshm info && ivshm ping --count 100"
+            ),
+            &img,
+        )
+        .cpus(2)
+        .cmdline(&k.cmdline())
+        .doorbell(&sock, 2)
+        .plain(&plain, "4M")
+        .spawn();
+        // finish() insists the VMM exited 0: poweroff (S5) or reboot.
+        let ping = ping.finish();
+        let pong = pong.finish();
+        assert_vm_booted(k, &ping, 2);
+        assert_vm_booted(k, &pong, 1);
+        ping.line("check: ok host");
+        checks::assert_guest_pattern(&f);
+        let info = ping.line("info: ok");
+        let (pi, po) = (ping.line("ping: ok"), pong.line("pong: ok"));
+        assert_eq!(val(pi, "rounds"), "100", "{pi}");
+        assert_eq!(val(po, "rounds"), "100", "{po}");
+        assert_eq!(val(pi, "peer"), val(po, "position"), "ping rang pong's id");
+        assert_eq!(
+            val(po, "peer"),
+            val(info, "position"),
+            "pong rang ping's id"
+        );
+        eprintln!(
+            "{}: {pi}; ivvmm start to exit {:.1} s / {:.1} s",
+            k.scenario, ping.secs, pong.secs
+        );
+    }
 }

@@ -24,90 +24,10 @@ mod common;
 mod linux;
 
 use common::missing;
+use linux::boot::{assert_vm_booted, Kernel, KERNELS};
 use linux::checks;
 use linux::nested::{self, scenarios, Scenario};
-use linux::{val, Output};
-
-/// A boot scenario: its name, the kernel release it must report (a
-/// prefix and a suffix), the firmware path, and whether it powers off.
-struct Kernel {
-    scenario: &'static str,
-    release: (&'static str, &'static str),
-    acpi: bool,
-}
-
-const KERNELS: [Kernel; 6] = [
-    Kernel {
-        scenario: "boot-amd64",
-        release: ("6.1.0-", "-amd64"),
-        acpi: true,
-    },
-    Kernel {
-        scenario: "boot-cloud",
-        release: ("6.1.0-", "-cloud-amd64"),
-        acpi: true,
-    },
-    Kernel {
-        scenario: "boot-ours",
-        release: ("6.1.", ""),
-        acpi: false,
-    },
-    Kernel {
-        scenario: "boot-ours-acpioff",
-        release: ("6.1.", ""),
-        acpi: false,
-    },
-    Kernel {
-        scenario: "boot-oursacpi",
-        release: ("6.1.", ""),
-        acpi: true,
-    },
-    Kernel {
-        scenario: "boot-oursacpi-acpioff",
-        release: ("6.1.", ""),
-        acpi: false,
-    },
-];
-
-/// What one VM of a boot scenario must have printed.
-fn assert_vm_booted(k: &Kernel, out: &Output, devices: usize) {
-    out.assert_ok();
-    let init = out.line("IVVMM-INIT: linux ");
-    let release = init["IVVMM-INIT: linux ".len()..]
-        .split(',')
-        .next()
-        .unwrap_or_default();
-    assert!(
-        release.starts_with(k.release.0) && release.ends_with(k.release.1),
-        "{}: kernel {release:?}, want {}*{}",
-        out.name,
-        k.release.0,
-        k.release.1
-    );
-    let fw = out.line("BOOT firmware ");
-    if k.acpi {
-        assert_eq!(val(fw, "tables"), "DSDT,APIC,FACP", "{}: {fw}", out.name);
-        assert_eq!(val(fw, "madt_smp"), "yes", "{}: {fw}", out.name);
-    } else {
-        assert_eq!(val(fw, "tables"), "none", "{}: {fw}", out.name);
-        assert_eq!(val(fw, "mptable"), "yes", "{}: {fw}", out.name);
-    }
-    let cpus = out.line("BOOT cpus ");
-    assert_eq!(val(cpus, "online"), "0-1", "{}: {cpus}", out.name);
-    let bound = out.lines("BOOT ivshmem ");
-    assert_eq!(bound.len(), devices, "{}\n{}", out.name, out.tail());
-    for b in bound {
-        assert_eq!(val(b, "driver"), "ivshmem", "{}: {b}", out.name);
-    }
-    // How the VM ended: the kernel's own last words, then ivvmm's status.
-    let (how, not) = if k.acpi {
-        ("reboot: Power down", "reboot: Restarting system")
-    } else {
-        ("reboot: Restarting system", "reboot: Power down")
-    };
-    assert_eq!(out.lines(how).len(), 1, "{}\n{}", out.name, out.tail());
-    assert!(out.lines(not).is_empty(), "{}\n{}", out.name, out.tail());
-}
+use linux::val;
 
 fn assert_boot_scenario(k: &Kernel, s: &Scenario) -> Vec<f64> {
     s.assert_passed();
@@ -174,4 +94,34 @@ fn stock_and_own_kernels_boot_check_ping_pong_and_power_off_on_nested_svm() {
         );
     }
     eprintln!("nested: L1 stall retries: {}", nested::retries(&out));
+}
+
+/// The images tests/linux_ivvmm.rs boots on hardware KVM (the same table)
+/// resolve here too, so that a wrong path fails on every machine.
+#[test]
+fn every_boot_scenario_finds_its_kernel_and_initramfs() {
+    if let Some(why) =
+        nested::missing_prerequisite(&[("guest/nested/build-initramfs.sh", &["--print-path"])])
+    {
+        missing(&why);
+        return;
+    }
+    for k in &KERNELS {
+        let img = k.images();
+        for f in [&img.kernel, &img.initramfs] {
+            assert!(f.is_file(), "{}: {} is not a file", k.scenario, f.display());
+        }
+        let words = k.cmdline();
+        let exit = if k.acpi {
+            "ivvmm.exit=poweroff"
+        } else {
+            "ivvmm.exit=reboot"
+        };
+        assert!(words.ends_with(exit), "{}: {words}", k.scenario);
+        assert_eq!(
+            words.contains("acpi=off"),
+            k.scenario.ends_with("acpioff"),
+            "{words}"
+        );
+    }
 }

@@ -12,6 +12,7 @@
 
 #![allow(dead_code)] // not every test file uses every helper
 
+pub mod boot;
 pub mod checks;
 pub mod nested;
 
@@ -227,8 +228,12 @@ impl Vm {
     /// `console=ttyS0 reboot=k panic=1 pci=conf1`; `reboot -f`
     /// at the end makes ivvmm exit with status 0.
     pub fn ivvmm(name: &str, run: &str) -> Self {
+        Self::ivvmm_with(name, run, images())
+    }
+
+    /// [`Vm::ivvmm`] with another kernel and initramfs.
+    pub fn ivvmm_with(name: &str, run: &str, img: &Images) -> Self {
         assert!(!run.contains('"'), "ivvmm.run cannot contain double quotes");
-        let img = images();
         let args = vec![
             "--kernel".into(),
             img.kernel.clone().into(),
@@ -284,6 +289,14 @@ impl Vm {
             .arg(chardev)
             .arg("-device")
             .arg(format!("ivshmem-doorbell,chardev={id},vectors={vectors}"))
+    }
+
+    /// `--cpus n` (ivvmm) or `-smp n` (QEMU).
+    pub fn cpus(self, n: u32) -> Self {
+        match self.vmm {
+            Vmm::Ivvmm => self.arg("--cpus").arg(n.to_string()),
+            Vmm::QemuTcg => self.arg("-smp").arg(n.to_string()),
+        }
     }
 
     /// Extra kernel command line words.
