@@ -142,6 +142,11 @@ pub struct VcpuHandle {
 }
 
 impl VcpuHandle {
+    /// The handle of a thread that runs a vCPU ([`run_confined`]).
+    pub fn new(thread: JoinHandle<()>) -> VcpuHandle {
+        VcpuHandle { thread }
+    }
+
     /// Makes the thread leave KVM_RUN soon; it then sees the stop flag.
     pub fn kick(&self) {
         // A thread that already exited can't be signalled; that's fine.
@@ -163,10 +168,44 @@ pub fn spawn(vcpu: VcpuFd, index: u8, ctx: VcpuContext) -> io::Result<VcpuHandle
     Ok(VcpuHandle { thread })
 }
 
-fn run_loop(mut vcpu: VcpuFd, index: u8, ctx: &VcpuContext) {
+fn run_loop(vcpu: VcpuFd, index: u8, ctx: &VcpuContext) {
     if let Err(e) = sandbox::install(ThreadKind::Vcpu, ctx.seccomp) {
         ctx.stop
             .request(StopReason::Fatal(format!("vCPU {index}: {e}")));
+        return;
+    }
+    run_confined(vcpu, index, ctx);
+}
+
+/// Unblocks the kick signal in this thread (a real-time signal, which
+/// nix's `Signal` cannot name).
+fn unblock_kick() -> io::Result<()> {
+    // SAFETY: a zeroed sigset_t is valid storage for sigemptyset, which
+    // initialises it; sigaddset takes a signal number in range (SIGRTMIN).
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, kick_signal());
+        set
+    };
+    // SAFETY: `set` is initialised; the old mask is not asked for.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
+/// Runs `vcpu` on this thread, already under the vCPU filter: waits for the
+/// start gate, then KVM_RUN until the VM stops. The kick signal is
+/// unblocked here (a thread started with every signal blocked, as vCPU 0's
+/// is, takes kicks from now on).
+pub fn run_confined(mut vcpu: VcpuFd, index: u8, ctx: &VcpuContext) {
+    if let Err(e) = unblock_kick() {
+        ctx.stop.request(StopReason::Fatal(format!(
+            "vCPU {index}: the kick signal: {e}"
+        )));
         return;
     }
     if !ctx.start.wait() {

@@ -30,7 +30,9 @@ use crate::devices::pci::root::PciRoot;
 use crate::devices::serial::{
     SerialDevice, SerialInput, SerialSink, UartEvents, COM1_IRQ, COM1_PORT, COM1_PORT_LEN,
 };
+use crate::sandbox::{self, SeccompMode, ThreadKind};
 use crate::stop::VmStop;
+use crate::vcpu::{self, VcpuContext, VcpuHandle};
 
 /// Where KVM puts the (Intel-only) TSS: three pages just below the BIOS area.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -62,47 +64,96 @@ fn host_memory() -> Option<u64> {
     Some(nix::sys::sysinfo::sysinfo().ok()?.ram_total())
 }
 
-/// The two steps of the build that wait on nothing the steps between make,
-/// done on another CPU by a helper thread [placed beside](crate::placement)
-/// this one:
+/// vCPU 0's thread, started first, does on another CPU (it is [placed
+/// beside](crate::placement) this one) the steps of the build that wait on
+/// nothing the steps between make, then confines itself while the rest of
+/// the build goes on:
 ///
-/// - KVM's supported CPUID, on the helper's own /dev/kvm fd: ~55 host CPUID
+/// - KVM's supported CPUID, on its own /dev/kvm fd: ~55 host CPUID
 ///   instructions, each a VM exit where the host is itself virtualized,
 ///   ~0.3 ms in all, as long as mapping RAM and creating the VM. Nothing
 ///   needs it before the firmware tables (the guest's address width).
 /// - The PIT, once the irqchip exists: ~0.1 ms (KVM starts a kernel thread
 ///   for it and registers its ports), while the legacy devices and the
 ///   vCPUs are made.
+/// - The vCPU seccomp filter (~0.1 ms to install), so that the thread is
+///   ready to run the guest when the build ends; a thread started then
+///   would pay its start and its filter after the build.
 ///
-/// [`finish`](Self::finish) joins the helper before any thread is confined.
-/// Without a thread both steps run here, in the same order.
+/// [`finish`](Self::finish) returns it as a [`BootVcpu`] once all three are
+/// done. Without a thread, CPUID and the PIT are done here and vCPU 0 gets
+/// a thread of its own later, as the others do.
 pub(super) struct BesideBuild {
     helper: Option<Helper>,
 }
 
 struct Helper {
-    thread: JoinHandle<Result<(), VmmError>>,
+    thread: JoinHandle<()>,
     cpuid: Receiver<Result<Vec<kvm_cpuid_entry2>, VmmError>>,
     /// The VM once its irqchip exists; dropped unsent if the build fails.
     pit: Sender<Arc<VmFd>>,
+    /// The PIT's and the filter's outcome.
+    ready: Receiver<Result<(), VmmError>>,
+    run: Sender<(VcpuFd, VcpuContext)>,
+}
+
+/// vCPU 0's thread, confined, waiting for its vCPU (see [`BesideBuild`]).
+/// Dropped unstarted (the VM never runs), it ends by itself.
+pub struct BootVcpu {
+    thread: JoinHandle<()>,
+    run: Sender<(VcpuFd, VcpuContext)>,
+}
+
+impl BootVcpu {
+    /// Gives the thread its vCPU: it runs it as [`vcpu::spawn`]'s would.
+    pub fn start(self, vcpu: VcpuFd, ctx: VcpuContext) -> Result<VcpuHandle, VcpuFd> {
+        match self.run.send((vcpu, ctx)) {
+            Ok(()) => Ok(VcpuHandle::new(self.thread)),
+            Err(mpsc::SendError((vcpu, _))) => Err(vcpu),
+        }
+    }
 }
 
 impl BesideBuild {
-    /// Starts the helper (it asks for CPUID right away).
-    pub(super) fn start() -> BesideBuild {
+    /// Starts vCPU 0's thread (it asks for CPUID right away); its signals
+    /// are blocked as a helper's are, but for the kick.
+    pub(super) fn start(seccomp: SeccompMode) -> BesideBuild {
         let (cpuid_tx, cpuid) = mpsc::channel();
         let (pit, pit_rx) = mpsc::channel::<Arc<VmFd>>();
-        let thread = crate::placement::spawn_beside("build-helper", move || {
+        let (ready_tx, ready) = mpsc::channel();
+        let (run, run_rx) = mpsc::channel::<(VcpuFd, VcpuContext)>();
+        let thread = crate::stop::spawn_without_signals("vcpu0", move || {
             let supported = open_kvm().and_then(|kvm| Ok(cpuid::supported(&kvm)?));
             let asked = supported.is_ok();
             let _ = cpuid_tx.send(supported);
-            match crate::placement::recv_soon(&pit_rx) {
-                Ok(vm) if asked => create_pit(&vm),
-                _ => Ok(()),
+            if !asked {
+                return;
+            }
+            let Ok(vm) = crate::placement::recv_soon(&pit_rx) else {
+                return;
+            };
+            let pit = create_pit(&vm);
+            drop(vm);
+            let ready = pit.and_then(|()| {
+                sandbox::install(ThreadKind::Vcpu, seccomp).map_err(|e| VmmError::Io {
+                    what: "vCPU 0's seccomp filter",
+                    err: io::Error::other(e.to_string()),
+                })
+            });
+            let ok = ready.is_ok();
+            let _ = ready_tx.send(ready);
+            if let (true, Ok((vcpu, ctx))) = (ok, crate::placement::recv_soon(&run_rx)) {
+                vcpu::run_confined(vcpu, 0, &ctx);
             }
         });
         BesideBuild {
-            helper: thread.ok().map(|thread| Helper { thread, cpuid, pit }),
+            helper: thread.ok().map(|thread| Helper {
+                thread,
+                cpuid,
+                pit,
+                ready,
+                run,
+            }),
         }
     }
 
@@ -111,7 +162,7 @@ impl BesideBuild {
         match &self.helper {
             Some(h) => crate::placement::recv_soon(&h.cpuid).unwrap_or_else(|_| {
                 Err(VmmError::Io {
-                    what: "the build helper (asking KVM for CPUID)",
+                    what: "vCPU 0's thread (asking KVM for CPUID)",
                     err: io::Error::other("it ended without an answer"),
                 })
             }),
@@ -127,29 +178,35 @@ impl BesideBuild {
         }
     }
 
-    /// Waits for the helper to end; its error, if it had one.
-    pub(super) fn finish(mut self) -> Result<(), VmmError> {
-        self.join()
-    }
-
-    fn join(&mut self) -> Result<(), VmmError> {
-        match self.helper.take() {
-            Some(h) => {
-                drop(h.pit);
-                h.thread
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            }
-            None => Ok(()),
-        }
+    /// Waits for the PIT and vCPU 0's filter; vCPU 0's thread, if it has
+    /// one.
+    pub(super) fn finish(mut self) -> Result<Option<BootVcpu>, VmmError> {
+        let Some(h) = self.helper.take() else {
+            return Ok(None);
+        };
+        let ready = crate::placement::recv_soon(&h.ready).unwrap_or_else(|_| {
+            Err(VmmError::Io {
+                what: "vCPU 0's thread (the PIT, its filter)",
+                err: io::Error::other("it ended without an answer"),
+            })
+        });
+        let boot = BootVcpu {
+            thread: h.thread,
+            run: h.run,
+        };
+        // On an error `boot` drops: the thread, told so, ends and is joined.
+        ready.map(|()| Some(boot))
     }
 }
 
 impl Drop for BesideBuild {
-    /// A failed build still waits for the helper, which may hold the VM:
+    /// A failed build still waits for the thread, which may hold the VM:
     /// the VM must be gone before its RAM is unmapped.
     fn drop(&mut self) {
-        let _ = self.join();
+        if let Some(h) = self.helper.take() {
+            drop((h.pit, h.run));
+            let _ = h.thread.join();
+        }
     }
 }
 

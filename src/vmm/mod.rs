@@ -130,6 +130,8 @@ pub struct Vmm {
     events: EventLoop,
     ivshmem: Vec<Ivshmem>,
     vcpus: Vec<VcpuFd>,
+    /// vCPU 0's thread, confined and waiting (see build::BesideBuild).
+    boot_vcpu: Option<build::BootVcpu>,
     ctx: VcpuContext,
     stop: Arc<VmStop>,
     serial_is_stdio: bool,
@@ -152,7 +154,7 @@ impl Vmm {
         // and before the build helper, which may hold the VM too and is
         // joined when dropped.
         let guest_mem = build::guest_memory(config.mem_size)?;
-        let beside = build::BesideBuild::start();
+        let beside = build::BesideBuild::start(config.seccomp);
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
         let first_device_slot = build::register_ram(&vm, &guest_mem)?;
         let entry = build::load_kernel(&guest_mem, config)?;
@@ -187,7 +189,7 @@ impl Vmm {
             Arc::new(Mutex::new(root)),
         )?;
         let vcpus = build::vcpus(&vm, &supported_cpuid, config.cpus, &guest_mem, &entry)?;
-        beside.finish()?;
+        let boot_vcpu = beside.finish()?;
 
         let ctx = VcpuContext {
             pio,
@@ -212,6 +214,7 @@ impl Vmm {
             events,
             ivshmem: devices,
             vcpus,
+            boot_vcpu,
             ctx,
             stop,
             serial_is_stdio: config.serial == SerialChoice::Stdio,
@@ -246,7 +249,20 @@ impl Vmm {
         };
 
         let mut handles = Vec::new();
+        let mut boot_vcpu = self.boot_vcpu.take();
         for (index, vcpu) in self.vcpus.drain(..).enumerate() {
+            // vCPU 0's thread exists already, confined: it only takes its
+            // vCPU (the first; taken, `boot_vcpu` is None for the others).
+            let vcpu = match boot_vcpu.take() {
+                Some(boot) => match boot.start(vcpu, self.ctx.clone()) {
+                    Ok(h) => {
+                        handles.push(h);
+                        continue;
+                    }
+                    Err(vcpu) => vcpu,
+                },
+                None => vcpu,
+            };
             match vcpu::spawn(vcpu, index as u8, self.ctx.clone()) {
                 Ok(h) => handles.push(h),
                 Err(err) => {
