@@ -66,16 +66,8 @@ fn fake_server(script: Vec<Msg>) -> (PathBuf, JoinHandle<()>) {
 }
 
 fn vm_against(path: &std::path::Path, extra: &[&str]) -> Outcome {
-    let k = testguest(false);
-    let mut args = vec![
-        "--kernel",
-        k.to_str().unwrap(),
-        "--cmdline",
-        "test=hello",
-        "--server",
-        path.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
+    let args = hello_against_server(path, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     run_ivvmm(&args, Duration::from_secs(20))
 }
 

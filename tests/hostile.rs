@@ -469,16 +469,8 @@ fn vm_against_fd_hungry_server(greet: fn(&UnixStream), extra: &[&str], limit: u6
         let mut b = [0u8; 1];
         let _ = std::io::Read::read(&mut &sock, &mut b);
     });
-    let k = testguest(false);
-    let mut args = vec![
-        "--kernel",
-        k.to_str().unwrap(),
-        "--cmdline",
-        "test=hello",
-        "--server",
-        path.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
+    let args = hello_against_server(&path, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = ivvmm_with_fd_limit(&args, limit).finish(Duration::from_secs(20));
     server.join().unwrap();
     let _ = std::fs::remove_file(&path);

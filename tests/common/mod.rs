@@ -415,6 +415,26 @@ impl Drop for Server {
 }
 
 /// Starts the test guest (bzImage) under ivvmm with `test` and `extra` flags.
+/// The test guest's `test=hello` against the server at `socket`, then
+/// `extra`: the command line of the tests that judge only what ivvmm says
+/// about a server (hostile, broken or fake ones).
+pub fn hello_against_server(socket: &Path, extra: &[&str]) -> Vec<String> {
+    let kernel = testguest(false);
+    let mut args: Vec<String> = [
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "test=hello",
+        "--server",
+        socket.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 pub fn start_guest(test: &str, extra: &[&str]) -> Running {
     let kernel = testguest(false);
     let cmdline = format!("test={test}");
