@@ -12,9 +12,9 @@
 mod common;
 mod linux;
 
-use linux::boot::{assert_vm_booted, KERNELS};
+use linux::boot::{assert_round_trips, assert_vm_booted, KERNELS};
 use linux::checks::{self, MIB4};
-use linux::{skip_linux_in_ivvmm, val, TempDir, Vm};
+use linux::{skip_linux_in_ivvmm, TempDir, Vm};
 
 #[test]
 fn driver_binds_every_plain_device_with_its_sysfs_attributes() {
@@ -147,16 +147,7 @@ fn stock_and_own_kernels_boot_check_ping_pong_and_power_off() {
         assert_vm_booted(k, &pong, 1);
         ping.line("check: ok host");
         checks::assert_guest_pattern(&f);
-        let info = ping.line("info: ok");
-        let (pi, po) = (ping.line("ping: ok"), pong.line("pong: ok"));
-        assert_eq!(val(pi, "rounds"), "100", "{pi}");
-        assert_eq!(val(po, "rounds"), "100", "{po}");
-        assert_eq!(val(pi, "peer"), val(po, "position"), "ping rang pong's id");
-        assert_eq!(
-            val(po, "peer"),
-            val(info, "position"),
-            "pong rang ping's id"
-        );
+        let pi = assert_round_trips(&ping, &pong);
         eprintln!(
             "{}: {pi}; ivvmm start to exit {:.1} s / {:.1} s",
             k.scenario, ping.secs, pong.secs

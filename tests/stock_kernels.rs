@@ -24,7 +24,7 @@ mod common;
 mod linux;
 
 use common::missing;
-use linux::boot::{assert_vm_booted, Kernel, KERNELS};
+use linux::boot::{assert_round_trips, assert_vm_booted, Kernel, KERNELS};
 use linux::checks;
 use linux::nested::{self, scenarios, Scenario};
 use linux::val;
@@ -49,19 +49,7 @@ fn assert_boot_scenario(k: &Kernel, s: &Scenario) -> Vec<f64> {
         assert!(w.contains(&format!(": {want} (want {want})")), "{w}");
     }
 
-    // 100 round trips through `ivvmm server`, each VM ringing the other.
-    let info = ping.line("info: ok");
-    assert_eq!(val(info, "vectors"), "2", "{info}");
-    let pi = ping.line("ping: ok");
-    let po = pong.line("pong: ok");
-    assert_eq!(val(pi, "rounds"), "100", "{pi}");
-    assert_eq!(val(po, "rounds"), "100", "{po}");
-    assert_eq!(val(pi, "peer"), val(po, "position"), "ping rang pong's id");
-    assert_eq!(
-        val(po, "peer"),
-        val(info, "position"),
-        "pong rang ping's id"
-    );
+    let pi = assert_round_trips(&ping, &pong);
     eprintln!("{}: {pi}", k.scenario);
 
     let boots = s.l1("boot: IVVMM-BOOT: ");

@@ -206,3 +206,21 @@ pub fn assert_vm_booted(k: &Kernel, out: &Output, devices: usize) {
     assert_eq!(out.lines(how).len(), 1, "{}\n{}", out.name, out.tail());
     assert!(out.lines(not).is_empty(), "{}\n{}", out.name, out.tail());
 }
+
+/// The 100 doorbell round trips of a boot scenario through `ivvmm server`,
+/// each VM ringing the other (two vectors each); ping's `ping: ok` line.
+pub fn assert_round_trips<'a>(ping: &'a Output, pong: &Output) -> &'a str {
+    let info = ping.line("info: ok");
+    assert_eq!(val(info, "vectors"), "2", "{info}");
+    let pi = ping.line("ping: ok");
+    let po = pong.line("pong: ok");
+    assert_eq!(val(pi, "rounds"), "100", "{pi}");
+    assert_eq!(val(po, "rounds"), "100", "{po}");
+    assert_eq!(val(pi, "peer"), val(po, "position"), "ping rang pong's id");
+    assert_eq!(
+        val(po, "peer"),
+        val(info, "position"),
+        "pong rang ping's id"
+    );
+    pi
+}
