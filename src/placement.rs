@@ -9,8 +9,10 @@
 //! virtual machine. [`spawn_beside`] therefore starts a thread on the
 //! *other* CPUs the process may use; the thread gives itself back all of
 //! them before it runs its work, so the placement lasts only for its start.
-//! With one usable CPU nothing changes. `scripts/bench boot` measures the
-//! effect (the boot floor).
+//! With one usable CPU nothing changes. For the same reason the waits
+//! between start-up threads poll before they sleep ([`poll_briefly`],
+//! [`recv_soon`]). `scripts/bench boot` measures the effect (the boot
+//! floor).
 
 use std::io;
 use std::mem::{size_of, zeroed};
