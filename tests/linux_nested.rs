@@ -20,7 +20,7 @@ use std::sync::Mutex;
 
 use common::{missing, Outcome};
 use linux::checks;
-use linux::nested::{self, scenarios};
+use linux::nested;
 use linux::{kv, val};
 
 /// The images both tests need (scripts/setup builds them).
@@ -47,17 +47,12 @@ fn linux_runs_every_guest_check_in_ivvmm_on_nested_svm() {
         return;
     }
     let out = run_nested("info,host,phases,sysfs,pat,rmmod,term,demo");
-    let all = format!("{}\n{}", out.stderr, out.stdout);
-    let runs = scenarios(&out.stdout);
-    let names: Vec<&str> = runs.iter().map(|s| s.name).collect();
-    assert_eq!(
-        names,
-        ["info", "host", "phases", "sysfs", "pat", "rmmod", "term", "demo"],
-        "{all}"
+    let runs = nested::passed(
+        &out,
+        &[
+            "info", "host", "phases", "sysfs", "pat", "rmmod", "term", "demo",
+        ],
     );
-    for s in &runs {
-        s.assert_passed();
-    }
     let [info, host, phases, sysfs, pat, rmmod, term, demo] = &runs[..] else {
         unreachable!("checked above");
     };
@@ -132,6 +127,18 @@ fn generations(lines: &[&str]) -> Vec<u64> {
         .collect()
 }
 
+/// The generation never goes back over all the lines a VM printed, and
+/// moves on at every change it reported.
+fn assert_generations_climb(text: &[&str], changes: &[&str]) {
+    let gens = generations(text);
+    assert!(
+        gens.windows(2).all(|g| g[0] <= g[1]),
+        "generation went back: {gens:?}"
+    );
+    let at_change = generations(changes);
+    assert!(at_change.windows(2).all(|g| g[0] < g[1]), "{at_change:?}");
+}
+
 /// The id `ivvmm client` printed first (`L1 clientN id=...`).
 fn client_id(s: &nested::Scenario, n: u32) -> String {
     let line = s.l1(&format!("client{n} id="));
@@ -146,13 +153,7 @@ fn linux_sees_peers_come_and_go_and_rejoins_a_restarted_server_on_nested_svm() {
         return;
     }
     let out = run_nested("presence,rejoin");
-    let all = format!("{}\n{}", out.stderr, out.stdout);
-    let runs = scenarios(&out.stdout);
-    let names: Vec<&str> = runs.iter().map(|s| s.name).collect();
-    assert_eq!(names, ["presence", "rejoin"], "{all}");
-    for s in &runs {
-        s.assert_passed();
-    }
+    let runs = nested::passed(&out, &["presence", "rejoin"]);
     let [presence, rejoin] = &runs[..] else {
         unreachable!("checked above");
     };
@@ -202,13 +203,7 @@ fn linux_sees_peers_come_and_go_and_rejoins_a_restarted_server_on_nested_svm() {
         "{}",
         changes[0]
     );
-    let gens = generations(&text);
-    assert!(
-        gens.windows(2).all(|g| g[0] <= g[1]),
-        "generation went back: {gens:?}"
-    );
-    let at_change = generations(&changes);
-    assert!(at_change.windows(2).all(|g| g[0] < g[1]), "{at_change:?}");
+    assert_generations_climb(&text, &changes);
     for done in out.lines("peers: ok watched") {
         assert_eq!(val(done, "backwards"), "0", "{done}");
         assert_eq!(val(done, "changes"), "2", "{done}");
@@ -279,12 +274,6 @@ fn linux_sees_peers_come_and_go_and_rejoins_a_restarted_server_on_nested_svm() {
         "the first server gave id {old_id} after the client's {c1}; the new one starts afresh"
     );
     assert!(val(after, "ids").starts_with(&format!("{c2}:")), "{after}");
-    let gens = generations(&text);
-    assert!(
-        gens.windows(2).all(|g| g[0] <= g[1]),
-        "generation went back: {gens:?}"
-    );
-    let at_change = generations(&changes);
-    assert!(at_change.windows(2).all(|g| g[0] < g[1]), "{at_change:?}");
+    assert_generations_climb(&text, &changes);
     assert_eq!(val(out.line("peers: ok watched"), "backwards"), "0");
 }

@@ -110,6 +110,17 @@ impl Scenario<'_> {
     }
 }
 
+/// The scenarios `out` ran, which must be `want`, in order, each passed.
+pub fn passed<'a>(out: &'a Outcome, want: &[&str]) -> Vec<Scenario<'a>> {
+    let runs = scenarios(&out.stdout);
+    let got: Vec<&str> = runs.iter().map(|s| s.name).collect();
+    assert_eq!(got, want, "{}\n{}", out.stderr, out.stdout);
+    for s in &runs {
+        s.assert_passed();
+    }
+    runs
+}
+
 pub fn scenarios(stdout: &str) -> Vec<Scenario<'_>> {
     let mut all: Vec<Scenario> = Vec::new();
     for line in stdout.lines() {
