@@ -14,6 +14,8 @@
  *   load + 0x200  64-bit boot protocol (ivvmm's bzImage path)
  *   PVH entry     via the ELF note (ivvmm's PVH path)
  */
+#include "pvh.h"
+
 	.macro FIRST_BYTE
 	movw	$0x3f8, %dx
 	movb	$'F', %al
@@ -44,12 +46,4 @@ startup_64:
 pvh_start32:
 	FIRST_BYTE
 
-	.section .note.Xen, "a", @note
-	.balign 4
-	.long	4
-	.long	8
-	.long	18		/* XEN_ELFNOTE_PHYS32_ENTRY */
-	.asciz	"Xen"
-	.balign 4
-	.quad	pvh_start32
-	.balign 4
+	PVH_ENTRY_NOTE pvh_start32

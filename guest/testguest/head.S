@@ -10,6 +10,7 @@
  * kmain(boot_kind, info_address) on the boot stack.
  */
 #include "layout.h"
+#include "pvh.h"
 
 	.section .head.text, "ax"
 	.code32
@@ -105,16 +106,7 @@ halt_forever:
 wrong_load_msg:
 	.asciz "testguest: FAIL: not loaded at 0x100000\n"
 
-/* PVH entry note: QEMU reads an 8-byte address after the 4-aligned name. */
-	.section .note.Xen, "a", @note
-	.balign 4
-	.long	4
-	.long	8
-	.long	18		/* XEN_ELFNOTE_PHYS32_ENTRY */
-	.asciz	"Xen"
-	.balign 4
-	.quad	pvh_start32
-	.balign 4
+	PVH_ENTRY_NOTE pvh_start32
 
 	.data
 	.balign 16
