@@ -19,6 +19,9 @@
 use std::io::Write;
 
 use clap::Parser;
+
+mod common;
+use common::GuestRam;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
 
@@ -76,55 +79,12 @@ fn parse_size(s: &str) -> Option<usize> {
     n.checked_mul(1 << shift).filter(|&v| v >= 1 << 20)
 }
 
-/// Anonymous guest memory, mapped the way vm-memory maps ivvmm's RAM.
-struct Ram {
-    addr: *mut u8,
-    len: usize,
-}
-
-impl Ram {
-    fn new(len: usize) -> Result<Ram, FloorError> {
-        // SAFETY: a fresh anonymous mapping; no existing memory is touched.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(FloorError::Memory(len, std::io::Error::last_os_error()));
-        }
-        Ok(Ram {
-            addr: addr.cast(),
-            len,
-        })
-    }
-
-    fn write(&mut self, at: u64, bytes: &[u8]) {
-        let at = at as usize;
-        assert!(at + bytes.len() <= self.len, "code fits in guest memory");
-        // SAFETY: the range was checked to lie inside our live mapping, and
-        // nothing else (the vCPU has not run yet) accesses it now.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.addr.add(at), bytes.len()) };
-    }
-}
-
-impl Drop for Ram {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping, unmapped once, after the VM that used it
-        // (main drops the VM and vCPU fds first).
-        unsafe { libc::munmap(self.addr.cast(), self.len) };
-    }
-}
-
 fn run(args: Args) -> Result<u8, FloorError> {
     let len = parse_size(&args.mem).ok_or_else(|| FloorError::Size(args.mem.clone()))?;
     let kvm = Kvm::new().map_err(FloorError::Kvm)?;
-    let mut ram = Ram::new(len)?;
+    // Mapped the way vm-memory maps ivvmm's RAM.
+    let mut ram =
+        GuestRam::new(len, libc::MAP_NORESERVE).map_err(|e| FloorError::Memory(len, e))?;
     ram.write(CODE_ADDR, &CODE);
     let vm = kvm.create_vm().map_err(ioctl("create a VM"))?;
     let region = kvm_userspace_memory_region {
@@ -132,7 +92,7 @@ fn run(args: Args) -> Result<u8, FloorError> {
         flags: 0,
         guest_phys_addr: 0,
         memory_size: len as u64,
-        userspace_addr: ram.addr as u64,
+        userspace_addr: ram.host_addr(),
     };
     // SAFETY: the region is our live mapping of `len` bytes, which outlives
     // the VM: `ram` is declared before `vm` and so dropped after it.

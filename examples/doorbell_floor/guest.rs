@@ -5,6 +5,7 @@
 use kvm_bindings::kvm_segment;
 use kvm_ioctls::VcpuFd;
 
+pub use crate::common::GuestRam;
 use crate::{ioctl, FloorError};
 
 // Guest-physical layout, the same in both VMs.
@@ -215,81 +216,10 @@ fn entry(kind: Loop) -> u64 {
         Loop::Testguest => CODE + guest_code().testguest,
     }
 }
-/// Anonymous guest RAM at guest-physical 0.
-pub struct GuestRam {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain memory owned by this struct; the host writes
-// it only before the vCPU starts and reads it (volatile counter reads while
-// running, samples after it has stopped).
-unsafe impl Send for GuestRam {}
-// SAFETY: as above; shared references only read.
-unsafe impl Sync for GuestRam {}
-
-impl GuestRam {
-    pub fn new(len: usize) -> Result<GuestRam, FloorError> {
-        // SAFETY: a fresh anonymous private mapping; no existing memory is affected.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(FloorError::Memory(len, std::io::Error::last_os_error()));
-        }
-        Ok(GuestRam {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    fn write(&mut self, gpa: u64, bytes: &[u8]) {
-        let start = gpa as usize;
-        assert!(start + bytes.len() <= self.len, "layout bug: {gpa:#x}");
-        // SAFETY: bounds checked above; the mapping is ours and writable.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(start), bytes.len()) }
-    }
-
-    fn write_u64(&mut self, gpa: u64, v: u64) {
-        self.write(gpa, &v.to_le_bytes());
-    }
-
-    /// Where the memory is in this process (for KVM's memory slot).
-    pub fn host_addr(&self) -> u64 {
-        self.ptr as u64
-    }
-
-    pub fn read_u32(&self, gpa: u64) -> u32 {
-        let start = gpa as usize;
-        assert!(start + 4 <= self.len, "layout bug: {gpa:#x}");
-        let mut b = [0u8; 4];
-        // SAFETY: bounds checked above; the vCPU has stopped.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(start), b.as_mut_ptr(), 4) }
-        u32::from_le_bytes(b)
-    }
-}
-
 impl GuestRam {
     /// The handler's counter, read while the vCPU runs (for the stall watchdog).
     pub fn count(&self) -> u32 {
-        assert!(COUNT as usize + 4 <= self.len);
-        // SAFETY: in bounds, aligned (COUNT is), and a racy read of a u32
-        // the guest bumps is fine: volatile keeps it a real load.
-        unsafe { std::ptr::read_volatile(self.ptr.add(COUNT as usize).cast::<u32>()) }
-    }
-}
-
-impl Drop for GuestRam {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in new(); the VM using it is gone.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        self.read_u32_volatile(COUNT)
     }
 }
 

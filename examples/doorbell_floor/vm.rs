@@ -27,7 +27,8 @@ pub fn build_vm(
     outgoing: &EventFd,
 ) -> Result<(VmFd, VcpuFd, GuestRam), FloorError> {
     let mem_len = (SAMPLES as usize + 4 * rounds as usize).next_multiple_of(2 << 20);
-    let mut ram = GuestRam::new(mem_len)?;
+    let mut ram =
+        GuestRam::new(mem_len, libc::MAP_POPULATE).map_err(|e| FloorError::Memory(mem_len, e))?;
     write_tables(&mut ram);
     let vm = kvm.create_vm().map_err(ioctl("create a VM"))?;
     let region = kvm_userspace_memory_region {
