@@ -377,8 +377,8 @@ fn client_stops_on_sigterm_while_the_server_floods() {
     }
 }
 
-/// Runs `ivvmm` with RLIMIT_NOFILE (soft and hard) at `limit`.
-fn ivvmm_with_fd_limit(args: &[&str], limit: u64) -> Running {
+/// Runs `ivvmm` with RLIMIT_NOFILE at `soft` (and `hard`).
+fn ivvmm_with_fd_limit(args: &[&str], soft: u64, hard: u64) -> Running {
     let mut cmd = Command::new(ivvmm());
     cmd.args(args)
         .stdin(Stdio::null())
@@ -389,8 +389,8 @@ fn ivvmm_with_fd_limit(args: &[&str], limit: u64) -> Running {
     unsafe {
         cmd.pre_exec(move || {
             let lim = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
+                rlim_cur: soft,
+                rlim_max: hard,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -471,7 +471,7 @@ fn vm_against_fd_hungry_server(greet: fn(&UnixStream), extra: &[&str], limit: u6
     });
     let args = hello_against_server(&path, extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = ivvmm_with_fd_limit(&args, limit).finish(Duration::from_secs(20));
+    let out = ivvmm_with_fd_limit(&args, limit, limit).finish(Duration::from_secs(20));
     server.join().unwrap();
     let _ = std::fs::remove_file(&path);
     out
@@ -526,25 +526,11 @@ fn raises_the_soft_fd_limit_to_the_hard_one() {
         let mut b = [0u8; 1];
         let _ = std::io::Read::read(&mut &sock, &mut b);
     });
-    let mut cmd = Command::new(ivvmm());
-    cmd.args(["client", "-S", path.to_str().unwrap(), "-n", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: only setrlimit (async-signal-safe) on a stack value.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 4096,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut client = Running::from_child(cmd.spawn().unwrap());
+    let mut client = ivvmm_with_fd_limit(
+        &["client", "-S", path.to_str().unwrap(), "-n", "1"],
+        64,
+        4096,
+    );
     client.wait_for("id=1", Duration::from_secs(10));
     let summary = client.stdout();
     let took = time_sigterm(&mut client);
