@@ -183,7 +183,7 @@ fn runtime() -> Vec<Allow> {
         any(
             libc::SYS_sched_yield,
             "sched_yield",
-            "start-up waits poll, yielding the CPU (sandbox::poll_briefly)",
+            "start-up waits poll, yielding the CPU (placement::poll_briefly)",
         ),
         any(
             libc::SYS_rt_sigreturn,

@@ -317,34 +317,38 @@ extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _ctx: *
 /// confined too, so no guest instruction runs before every thread is.
 #[derive(Default)]
 pub struct StartGate {
-    open: Mutex<Option<bool>>,
-    cv: Condvar,
-    /// `open`'s value for [`poll_briefly`](crate::placement::poll_briefly):
-    /// 0 closed, 1 go, 2 don't.
+    /// [`CLOSED`](Self::CLOSED), [`GO`](Self::GO) or [`DONT`](Self::DONT):
+    /// read without a lock while a vCPU polls (see
+    /// [`poll_briefly`](crate::placement::poll_briefly)), under `lock` once
+    /// it sleeps on `cv`.
     state: AtomicU8,
+    lock: Mutex<()>,
+    cv: Condvar,
 }
 
 impl StartGate {
+    const CLOSED: u8 = 0;
+    const GO: u8 = 1;
+    const DONT: u8 = 2;
+
     /// Opens the gate; `go` false: the VM is stopping, don't run the guest.
     pub fn open(&self, go: bool) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        *open = Some(go);
-        self.state.store(if go { 1 } else { 2 }, Ordering::Release);
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let state = if go { Self::GO } else { Self::DONT };
+        self.state.store(state, Ordering::Release);
         self.cv.notify_all();
     }
 
     /// Waits until opened; returns whether to run.
     pub fn wait(&self) -> bool {
-        if crate::placement::poll_briefly(|| self.state.load(Ordering::Acquire) != 0) {
-            return self.state.load(Ordering::Acquire) == 1;
-        }
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(go) = *open {
-                return go;
+        let opened = || self.state.load(Ordering::Acquire) != Self::CLOSED;
+        if !crate::placement::poll_briefly(opened) {
+            let mut held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !opened() {
+                held = self.cv.wait(held).unwrap_or_else(|e| e.into_inner());
             }
-            open = self.cv.wait(open).unwrap_or_else(|e| e.into_inner());
         }
+        self.state.load(Ordering::Acquire) == Self::GO
     }
 }
 

@@ -160,12 +160,7 @@ impl BesideBuild {
     /// KVM's supported CPUID (asked with `kvm` if there is no helper).
     pub(super) fn supported_cpuid(&self, kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, VmmError> {
         match &self.helper {
-            Some(h) => crate::placement::recv_soon(&h.cpuid).unwrap_or_else(|_| {
-                Err(VmmError::Io {
-                    what: "vCPU 0's thread (asking KVM for CPUID)",
-                    err: io::Error::other("it ended without an answer"),
-                })
-            }),
+            Some(h) => answer(&h.cpuid, "vCPU 0's thread (asking KVM for CPUID)"),
             None => Ok(cpuid::supported(kvm)?),
         }
     }
@@ -184,19 +179,25 @@ impl BesideBuild {
         let Some(h) = self.helper.take() else {
             return Ok(None);
         };
-        let ready = crate::placement::recv_soon(&h.ready).unwrap_or_else(|_| {
-            Err(VmmError::Io {
-                what: "vCPU 0's thread (the PIT, its filter)",
-                err: io::Error::other("it ended without an answer"),
-            })
-        });
+        let ready = answer(&h.ready, "vCPU 0's thread (the PIT, its filter)");
         let boot = BootVcpu {
             thread: h.thread,
             run: h.run,
         };
-        // On an error `boot` drops: the thread, told so, ends and is joined.
+        // On an error `boot` drops; the thread, which sent the error, ends
+        // by itself (it let go of the VM after the PIT).
         ready.map(|()| Some(boot))
     }
+}
+
+/// What the helper sent on `rx`, or that it ended without sending it.
+fn answer<T>(rx: &Receiver<Result<T, VmmError>>, what: &'static str) -> Result<T, VmmError> {
+    crate::placement::recv_soon(rx).unwrap_or_else(|_| {
+        Err(VmmError::Io {
+            what,
+            err: io::Error::other("it ended without an answer"),
+        })
+    })
 }
 
 impl Drop for BesideBuild {
