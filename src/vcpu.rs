@@ -212,8 +212,10 @@ pub fn run_confined(mut vcpu: VcpuFd, index: u8, ctx: &VcpuContext) {
         return;
     }
     KVM_RUN.with(|cell| cell.set(vcpu.get_kvm_run() as *mut kvm_run));
+    // KVM_RUNs in a row that failed on guest memory (see memory_fault).
+    let mut faults = 0u32;
     while !ctx.stop.is_stopping() {
-        if let Some(reason) = run_once(&mut vcpu, index, ctx) {
+        if let Some(reason) = run_once(&mut vcpu, index, ctx, &mut faults) {
             ctx.stop.request(reason);
         }
     }
@@ -221,12 +223,19 @@ pub fn run_confined(mut vcpu: VcpuFd, index: u8, ctx: &VcpuContext) {
 }
 
 /// One KVM_RUN and the handling of its exit. Returns a reason to stop the VM.
-fn run_once(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Option<StopReason> {
+fn run_once(
+    vcpu: &mut VcpuFd,
+    index: u8,
+    ctx: &VcpuContext,
+    faults: &mut u32,
+) -> Option<StopReason> {
     let c = &ctx.counters;
     let exit = match vcpu.run() {
-        Ok(VcpuExit::MemoryFault { gpa, .. }) => return memory_fault(index, Some(gpa), ctx),
+        Ok(VcpuExit::MemoryFault { gpa, .. }) => {
+            return memory_fault(index, Some(gpa), ctx, faults)
+        }
         Ok(exit) => {
-            MEMORY_FAULTS.with(|n| n.set(0));
+            *faults = 0;
             exit
         }
         Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -234,7 +243,7 @@ fn run_once(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Option<StopReaso
             c.interrupted.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        Err(e) if e.errno() == libc::EFAULT => return memory_fault(index, None, ctx),
+        Err(e) if e.errno() == libc::EFAULT => return memory_fault(index, None, ctx, faults),
         Err(e) => {
             return Some(StopReason::Fatal(format!(
                 "vCPU {index}: KVM_RUN failed: {e}"
@@ -309,22 +318,20 @@ fn run_once(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Option<StopReaso
 /// follows shared memory that was truncated) before giving up.
 const MEMORY_FAULT_PATIENCE: u32 = 500;
 
-thread_local! {
-    /// KVM_RUNs in a row that failed on guest memory (EFAULT).
-    static MEMORY_FAULTS: Cell<u32> = const { Cell::new(0) };
-}
-
 /// KVM_RUN could not reach guest memory (hardware KVM: the host pages
 /// behind a memory slot are gone — shared memory truncated under us). The
 /// event loop shrinks the slot as soon as it sees the truncation; retry
 /// until then, and stop the VM with one clear line if it never happens.
-fn memory_fault(index: u8, gpa: Option<u64>, ctx: &VcpuContext) -> Option<StopReason> {
+/// `faults`: the KVM_RUNs in a row that failed so, this one included.
+fn memory_fault(
+    index: u8,
+    gpa: Option<u64>,
+    ctx: &VcpuContext,
+    faults: &mut u32,
+) -> Option<StopReason> {
     ctx.counters.memory_faults.fetch_add(1, Ordering::Relaxed);
-    let n = MEMORY_FAULTS.with(|n| {
-        n.set(n.get() + 1);
-        n.get()
-    });
-    if n < MEMORY_FAULT_PATIENCE {
+    *faults += 1;
+    if *faults < MEMORY_FAULT_PATIENCE {
         std::thread::sleep(std::time::Duration::from_millis(1));
         return None;
     }

@@ -198,9 +198,8 @@ impl Vmm {
             stop: stop.clone(),
             counters: Arc::new(ExitCounters::default()),
             unhandled: Arc::new(UnhandledLog::default()),
-            run_mmap_size: kvm
-                .get_vcpu_mmap_size()
-                .map_err(kvm_err("KVM_GET_VCPU_MMAP_SIZE"))?,
+            // KVM_GET_VCPU_MMAP_SIZE, asked by create_vm already.
+            run_mmap_size: vm.run_size(),
             seccomp: config.seccomp,
             start: Arc::new(StartGate::default()),
         };
@@ -252,18 +251,16 @@ impl Vmm {
         let mut boot_vcpu = self.boot_vcpu.take();
         for (index, vcpu) in self.vcpus.drain(..).enumerate() {
             // vCPU 0's thread exists already, confined: it only takes its
-            // vCPU (the first; taken, `boot_vcpu` is None for the others).
-            let vcpu = match boot_vcpu.take() {
-                Some(boot) => match boot.start(vcpu, self.ctx.clone()) {
-                    Ok(h) => {
-                        handles.push(h);
-                        continue;
-                    }
-                    Err(vcpu) => vcpu,
-                },
-                None => vcpu,
+            // vCPU (the first; taken, `boot_vcpu` is None for the others),
+            // or, if it is gone, vCPU 0 gets a thread as the others do.
+            let ctx = self.ctx.clone();
+            let started = match boot_vcpu.take() {
+                Some(boot) => boot
+                    .start(vcpu, ctx.clone())
+                    .or_else(|vcpu| vcpu::spawn(vcpu, index as u8, ctx)),
+                None => vcpu::spawn(vcpu, index as u8, ctx),
             };
-            match vcpu::spawn(vcpu, index as u8, self.ctx.clone()) {
+            match started {
                 Ok(h) => handles.push(h),
                 Err(err) => {
                     self.stop

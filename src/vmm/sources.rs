@@ -130,9 +130,10 @@ impl MutEventSubscriber for StopWatcher {
 
 /// SIGINT/SIGTERM → orderly stop; SIGUSR1 → print statistics.
 ///
-/// The signals are blocked in every thread (the mask is set here, on the
-/// main thread, before any vCPU thread exists, and inherited) and read from
-/// a signalfd by the event loop.
+/// The signals are blocked in every thread and read from a signalfd by the
+/// event loop: the mask is set here, on the main thread, before the vCPU
+/// threads it starts inherit it; the threads started during the build
+/// (vCPU 0's, the helpers) block them themselves (stop::spawn_without_signals).
 pub struct SignalHandler {
     fd: SignalFd,
     stop: Arc<VmStop>,
