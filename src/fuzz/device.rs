@@ -1220,9 +1220,7 @@ impl Run {
             let i = usize::from(v);
             let mut got = [0u8; 16];
             msix.read_table(u64::from(v) * 16, &mut got[..8]);
-            let (lo, hi) = got.split_at_mut(8);
-            msix.read_table(u64::from(v) * 16 + 8, &mut hi[..8]);
-            let _ = lo;
+            msix.read_table(u64::from(v) * 16 + 8, &mut got[8..]);
             let want: Vec<u8> = self.entries[i]
                 .dwords
                 .iter()

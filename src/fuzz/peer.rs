@@ -19,12 +19,11 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{Failure, Rng, Target};
+use super::{Failure, Rng, Target, TempDir};
 use crate::protocol::codec::{encode, send_message, SHM_MESSAGE};
 use crate::protocol::{connect_with, ConnectOptions, HandshakeError, PeerConnection, PeerEvent};
 use crate::shm::ShmBackend;
@@ -235,23 +234,6 @@ struct Harness {
     _dir: TempDir,
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir() -> Result<TempDir, String> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("ivvmm-fuzz-{}-{n}", std::process::id()));
-    std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    Ok(TempDir(dir))
-}
-
 /// Checks that `got` is the same eventfd as `sent`.
 fn same_eventfd(sent: &EventFd, got: &EventFd) -> bool {
     sent.write(1).is_ok() && matches!(got.read(), Ok(1))
@@ -341,7 +323,7 @@ fn model_greeting(setup: &PeerSetup) -> GreetingOutcome {
 impl Harness {
     /// Runs the greeting; `None` when it failed as the model says it must.
     fn start(setup: &PeerSetup) -> Result<Option<Harness>, String> {
-        let dir = temp_dir()?;
+        let dir = TempDir::new("fuzz")?;
         let path = dir.0.join("sock");
         let listener = UnixListener::bind(&path).map_err(|e| e.to_string())?;
         let null = File::open("/dev/null").map_err(|e| e.to_string())?;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Failure, Rng, Target};
+use super::{Failure, Rng, Target, TempDir};
 use crate::protocol::{connect_with, ConnectOptions, PeerConnection, PeerEvent};
 use crate::server::{Server, ServerConfig};
 use crate::shm::ShmSource;
@@ -95,7 +95,8 @@ struct Peer {
 struct Run {
     vectors: u16,
     socket: PathBuf,
-    dir: PathBuf,
+    /// Removed after Drop has joined the server thread (fields drop last).
+    _dir: TempDir,
     stop: EventFd,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
     /// Present peers by id, in join order of the model.
@@ -108,11 +109,8 @@ struct Run {
 
 impl Run {
     fn start(setup: &ServerSetup) -> Result<Run, String> {
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("ivvmm-fuzz-srv-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let socket = dir.join("sock");
+        let dir = TempDir::new("fuzz-srv")?;
+        let socket = dir.path().join("sock");
         let config = ServerConfig {
             socket: socket.clone(),
             size: 64 << 10,
@@ -149,7 +147,7 @@ impl Run {
         let mut run = Run {
             vectors: setup.vectors,
             socket,
-            dir,
+            _dir: dir,
             stop,
             thread: Some(thread),
             peers: BTreeMap::new(),
@@ -311,7 +309,6 @@ impl Drop for Run {
             let _ = self.stop.write(1);
             let _ = t.join();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
