@@ -89,7 +89,7 @@ key_inputs() {
 	echo "busybox=$(sha256sum <"$busybox")"
 	echo "init=$(sha256sum <"$here/init")"
 	echo "bash=$(sha256sum <"$bash")"
-	echo "demo=$(cat "$repo/scripts/demo" "$here/stand-in" | sha256sum)"
+	echo "demo=$(cat "$repo/scripts/demo" "$repo/scripts/demo-lib.sh" "$here/stand-in" | sha256sum)"
 	echo "script=$(sha256sum <"${BASH_SOURCE[0]}")"
 	for i in "${images[@]}"; do echo "image=${i%% *} $(sha256sum <"${i#* }")"; done
 }
@@ -128,6 +128,7 @@ dir /demo/guest/initramfs 0755 0 0
 dir /demo/target 0755 0 0
 dir /demo/target/release 0755 0 0
 file /demo/scripts/demo $repo/scripts/demo 0755 0 0
+file /demo/scripts/demo-lib.sh $repo/scripts/demo-lib.sh 0644 0 0
 file /demo/scripts/setup $here/stand-in 0755 0 0
 file /demo/guest/kernel/build.sh $here/stand-in 0755 0 0
 file /demo/guest/initramfs/build.sh $here/stand-in 0755 0 0
