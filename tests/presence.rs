@@ -273,6 +273,44 @@ fn a_server_with_other_memory_is_refused_until_the_right_one_returns() {
     assert!(out.passed(), "{out:?}");
 }
 
+/// A restarted default server (memfd memory, as QEMU's server gives it):
+/// its new memory is other memory, so the VM and `ivvmm client --rejoin`
+/// stay away and keep running. Looking at a memfd's seals in the handshake
+/// must be allowed to their rejoining threads too (it was not: both
+/// stopped with exit 159).
+#[test]
+fn a_restarted_memfd_server_is_refused_and_the_vm_runs_on() {
+    if !require_kvm() {
+        return;
+    }
+    let sock = socket_path();
+    let args = ["-l", "1M", "-n", "1"];
+    let first = server_at(&sock, &args);
+    let mut vm = start_guest(
+        "presence until_link=3 timeout_ms=4000",
+        &["--server", sock.to_str().unwrap()],
+    );
+    vm.wait_for("presence ready", BOOT);
+    let mut client = Running::ivvmm(&["client", "-S", sock.to_str().unwrap(), "--rejoin"]);
+    client.wait_for("id=", Duration::from_secs(10));
+    kill9(&first);
+    let _ = first.finish(Duration::from_secs(5));
+    let second = server_at(&sock, &args);
+    vm.wait_for("stays away", Duration::from_secs(10));
+    client.wait_for("staying away", Duration::from_secs(10));
+    let out = vm.finish(BOOT);
+    assert_eq!(out.code(), 1, "the guest ran to its own end: {out:?}");
+    assert!(out.stdout.contains("FAIL: link 2 with"), "{out:?}");
+    assert!(!out.stderr.contains("seccomp"), "{}", out.stderr);
+    // `ivvmm client --rejoin` the same way.
+    client.signal(libc::SIGTERM);
+    let out = client.finish(Duration::from_secs(5));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(!out.stderr.contains("seccomp"), "{}", out.stderr);
+    second.signal(libc::SIGTERM);
+    let _ = second.finish(Duration::from_secs(5));
+}
+
 /// `--no-rejoin`: QEMU's behaviour, the server is never contacted again.
 #[test]
 fn no_rejoin_keeps_away_from_a_restarted_server() {

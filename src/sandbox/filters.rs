@@ -529,6 +529,15 @@ fn joining() -> Vec<Allow> {
                 value: libc::F_DUPFD_CLOEXEC as u64,
             }],
         ),
+        when(
+            libc::SYS_fcntl,
+            "fcntl(F_GET_SEALS)",
+            "is an offered memfd sealed against shrinking (said once at -v)",
+            vec![Cond::Eq {
+                arg: 1,
+                value: libc::F_GET_SEALS as u64,
+            }],
+        ),
         any(
             libc::SYS_fstat,
             "fstat",
