@@ -311,6 +311,34 @@ fn a_restarted_memfd_server_is_refused_and_the_vm_runs_on() {
     let _ = second.finish(Duration::from_secs(5));
 }
 
+/// A device that asked for more vectors than the server gives (its `-n`
+/// is smaller) holds what it got, and rejoins the same server restarted:
+/// it must compare the new server with what it holds, not with what it
+/// asked for (it did, and stayed away forever).
+#[test]
+fn a_device_with_fewer_vectors_than_asked_rejoins_the_same_server() {
+    if !require_kvm() {
+        return;
+    }
+    let shm = ShmGuard::new("ivt-rejoin-fewer");
+    let sock = socket_path();
+    let args = ["-l", "1M", "-n", "1", "-M", shm.0.as_str(), "--keep-shm"];
+    let first = server_at(&sock, &args);
+    let mut vm = start_guest(
+        "presence until_link=3 timeout_ms=20000",
+        &["--server", sock.to_str().unwrap(), "--vectors", "2"],
+    );
+    vm.wait_for("presence ready", BOOT);
+    kill9(&first);
+    let _ = first.finish(Duration::from_secs(5));
+    let second = server_at(&sock, &args);
+    let out = vm.finish(BOOT);
+    assert!(out.passed(), "the VM rejoined (link 3): {out:?}");
+    assert!(!out.stderr.contains("stays away"), "{}", out.stderr);
+    second.signal(libc::SIGTERM);
+    let _ = second.finish(Duration::from_secs(5));
+}
+
 /// `--no-rejoin`: QEMU's behaviour, the server is never contacted again.
 #[test]
 fn no_rejoin_keeps_away_from_a_restarted_server() {

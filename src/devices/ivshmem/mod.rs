@@ -360,10 +360,15 @@ fn open_backing(
         // then); round the BAR up, the tail unbacked.
         None => shm.checked_next_power_of_two().unwrap_or(shm),
     };
-    let rejoin = rejoin
-        .then(|| hs.shm.identity())
-        .flatten()
-        .map(|memory| (memory, opts.clone()));
+    // A rejoined server must give the vectors this device got, which are
+    // fewer than it asked for where the server's -n is smaller: ask for
+    // those (and compare with them, rejoin::refusal).
+    let held = u16::try_from(hs.own.len()).unwrap_or(opts.vectors);
+    let rejoin = rejoin.then(|| hs.shm.identity()).flatten().map(|memory| {
+        let mut again = opts.clone();
+        again.vectors = held;
+        (memory, again)
+    });
     let joined = Joined {
         conn,
         socket: socket.clone(),

@@ -54,9 +54,10 @@ impl Shared {
 pub struct RejoinTarget {
     pub index: usize,
     pub socket: PathBuf,
-    /// The same options as the first connection (vectors, handshake
-    /// deadline, the server uids we accept): a server we would not have
-    /// joined at start is not rejoined either.
+    /// The same options as the first connection (handshake deadline, the
+    /// server uids we accept): a server we would not have joined at start
+    /// is not rejoined either. Its vectors are those the device got (what
+    /// a rejoined server must give again), not those it asked for.
     pub options: protocol::ConnectOptions,
     pub memory: ShmIdentity,
 }
