@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ivvmm::protocol::codec::{is_eventfd, Message, MessageReader, Received};
+use ivvmm::protocol::codec::{check_eventfd, Message, MessageReader, Received};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -180,7 +180,7 @@ impl Peer {
 
     fn expect_eventfd(&mut self, value: i64) -> EventFd {
         let fd = self.expect(value, true).unwrap();
-        assert_eq!(is_eventfd(fd.as_fd()), Some(true), "not an eventfd");
+        assert_eq!(check_eventfd(fd.as_fd()), Ok(()), "not an eventfd");
         // SAFETY: a freshly received eventfd that we own.
         unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) }
     }

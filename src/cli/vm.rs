@@ -224,6 +224,15 @@ fn shm_size(text: &str) -> Result<u64, ConfigError> {
     parse_pow2_size(text, MIN_SHM_SIZE).map_err(ConfigError::ShmSize)
 }
 
+/// `key=on` or `key=off` of an `--ivshmem` spec.
+fn on_off(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{key}={value}: use {key}=on or {key}=off")),
+    }
+}
+
 fn check_vectors(n: u32) -> Result<u16, ConfigError> {
     match u16::try_from(n) {
         Ok(v) if (1..=MAX_VECTORS).contains(&v) => Ok(v),
@@ -268,20 +277,8 @@ pub fn parse_ivshmem_spec(spec: &str) -> Result<IvshmemBacking, ConfigError> {
                     .map_err(|_| bad(format!("vectors={value} is not a number")))?;
                 vectors = Some(check_vectors(n).map_err(|e| bad(e.to_string()))?);
             }
-            "rejoin" => {
-                rejoin = Some(match value {
-                    "on" => true,
-                    "off" => false,
-                    _ => return Err(bad(format!("rejoin={value}: use rejoin=on or rejoin=off"))),
-                });
-            }
-            "shared" => {
-                shared = Some(match value {
-                    "on" => true,
-                    "off" => false,
-                    _ => return Err(bad(format!("shared={value}: use shared=on or shared=off"))),
-                });
-            }
+            "rejoin" => rejoin = Some(on_off(key, value).map_err(bad)?),
+            "shared" => shared = Some(on_off(key, value).map_err(bad)?),
             "server-uid" => server_uid = Some(super::parse_uid(value).map_err(bad)?),
             _ => {
                 return Err(bad(format!(

@@ -398,6 +398,9 @@ impl Greeting {
     /// but worth saying once at -v.
     fn note_unsealed(&self, fd: &OwnedFd) {
         static SAID: AtomicBool = AtomicBool::new(false);
+        if SAID.load(Ordering::Relaxed) {
+            return;
+        }
         let is_memfd = fd_link(fd.as_fd()).is_some_and(|l| l.starts_with("/memfd:"));
         if !is_memfd {
             return;
