@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -119,14 +119,8 @@ impl SerialDevice {
             SerialSink::Null => None,
             SerialSink::File(f) => Some(SerialOutput::spawn(f, "the --serial file", seccomp)?),
             SerialSink::Stdout => {
-                // SAFETY: F_DUPFD_CLOEXEC of our own stdout returns a new
-                // (close-on-exec) fd we own, or -1.
-                let fd = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_DUPFD_CLOEXEC, 0) };
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // SAFETY: `fd` is a freshly duplicated descriptor owned by nobody else.
-                let file = unsafe { File::from_raw_fd(fd) };
+                // Our own (close-on-exec) duplicate of stdout.
+                let file = File::from(io::stdout().as_fd().try_clone_to_owned()?);
                 Some(SerialOutput::spawn(file, "stdout", seccomp)?)
             }
         };
@@ -185,16 +179,10 @@ impl SerialInput {
         drained: EventFd,
         stop: Arc<VmStop>,
     ) -> io::Result<Self> {
-        // SAFETY: F_DUPFD_CLOEXEC of our own stdin returns a new
-        // (close-on-exec) fd we own, or -1.
-        let fd = unsafe { libc::fcntl(libc::STDIN_FILENO, libc::F_DUPFD_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(SerialInput {
             device,
-            // SAFETY: `fd` is a freshly duplicated descriptor owned by nobody else.
-            stdin: unsafe { File::from_raw_fd(fd) },
+            // Our own (close-on-exec) duplicate of stdin.
+            stdin: File::from(io::stdin().as_fd().try_clone_to_owned()?),
             drained,
             stop,
             watching: false,

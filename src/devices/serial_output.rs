@@ -196,7 +196,7 @@ fn write_loop(shared: &Shared, mut file: File) {
             chunk.extend(st.buf.drain(..n));
             st.writing = n;
         }
-        let result = write_all(&mut file, &chunk);
+        let result = file.write_all(&chunk);
         let mut st = shared.lock();
         if st.stalled {
             st.stalled = false;
@@ -217,18 +217,6 @@ fn write_loop(shared: &Shared, mut file: File) {
             return;
         }
     }
-}
-
-fn write_all(file: &mut File, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match file.write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
