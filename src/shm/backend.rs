@@ -72,12 +72,7 @@ pub struct ShmBackend {
 
 impl ShmBackend {
     /// Opens or creates the object `source` names with at least `size` bytes;
-    /// an existing object must be ours alone ([`Trust::Ours`]).
-    pub fn open(source: &ShmSource, size: u64) -> Result<Self, ShmError> {
-        Self::open_with(source, size, Trust::Ours)
-    }
-
-    /// [`ShmBackend::open`], accepting existing objects as `trust` says.
+    /// an existing object is accepted as `trust` says.
     pub fn open_with(source: &ShmSource, size: u64, trust: Trust) -> Result<Self, ShmError> {
         match source {
             ShmSource::Name(name) => Self::name_with(name, size, trust),
@@ -87,7 +82,9 @@ impl ShmBackend {
         }
     }
 
-    /// Opens POSIX shm object `name` (/dev/shm/NAME), creating it if absent.
+    /// Opens POSIX shm object `name` (/dev/shm/NAME), creating it if absent
+    /// (an existing one must be ours alone).
+    #[cfg(test)]
     pub fn open_name(name: &str, size: u64) -> Result<Self, ShmError> {
         Self::name_with(name, size, Trust::Ours)
     }
@@ -129,7 +126,9 @@ impl ShmBackend {
         })
     }
 
-    /// Opens the file at `path`, creating it if absent (tmpfs, hugetlbfs...).
+    /// Opens the file at `path`, creating it if absent (tmpfs, hugetlbfs...;
+    /// an existing one must be ours alone).
+    #[cfg(test)]
     pub fn open_path(path: &Path, size: u64) -> Result<Self, ShmError> {
         Self::path_with(path, size, Trust::Ours)
     }

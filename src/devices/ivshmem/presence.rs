@@ -93,10 +93,6 @@ impl Presence {
         self.generation
     }
 
-    pub fn link(&self) -> Link {
-        self.link
-    }
-
     /// Something a guest can see changed (a join, a leave). Returns the
     /// vector to signal, if the guest asked for notifications.
     pub fn changed(&mut self) -> Option<u16> {
