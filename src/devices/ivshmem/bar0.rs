@@ -76,6 +76,12 @@ pub fn doorbell_target(value: u32) -> (u16, u16) {
     ((value >> 16) as u16, value as u16)
 }
 
+/// The doorbell value that rings `vector` of `peer`: the inverse of
+/// [`doorbell_target`].
+pub fn doorbell_value(peer: u16, vector: u16) -> u32 {
+    (u32::from(peer) << 16) | u32::from(vector)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +134,8 @@ mod tests {
             (0xffff, 0x100),
             "16-bit vector field"
         );
+        assert_eq!(doorbell_value(3, 1), 0x0003_0001);
+        assert_eq!(doorbell_value(0xffff, 0x100), 0xffff_0100);
     }
 
     #[test]

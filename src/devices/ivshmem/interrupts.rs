@@ -338,7 +338,7 @@ impl Interrupts {
             }
             return;
         }
-        let datamatch = (u32::from(id) << 16) | u32::from(vector);
+        let datamatch = super::bar0::doorbell_value(id, vector);
         match self.vm.register_ioevent(&out.fd, addr, datamatch) {
             Ok(()) => out.registered = Some(addr),
             Err(e) => {
@@ -357,7 +357,7 @@ impl Interrupts {
         out: &mut PeerDoorbell,
     ) {
         if let Some(addr) = out.registered.take() {
-            let datamatch = (u32::from(id) << 16) | u32::from(vector);
+            let datamatch = super::bar0::doorbell_value(id, vector);
             if let Err(e) = vm.unregister_ioevent(&out.fd, addr, datamatch) {
                 log::warn!("ivshmem: removing the doorbell for peer {id} vector {vector}: {e}");
             }
