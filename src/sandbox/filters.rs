@@ -468,6 +468,7 @@ fn client() -> Vec<Allow> {
 /// the handshake.
 fn rejoin() -> Vec<Allow> {
     let mut t = runtime();
+    t.extend(server_messages());
     t.extend(joining());
     t
 }
@@ -480,7 +481,10 @@ fn client_rejoin() -> Vec<Allow> {
 }
 
 /// Connecting to a server and the handshake, with its trust checks. No
-/// other network: the socket domain must be AF_UNIX.
+/// other network: the socket domain must be AF_UNIX. Always beside
+/// [`server_messages`]: the handshake reads its messages (the memory fd,
+/// the eventfds) and checks their fds with the same `recvmsg`, `readlink`
+/// and `fstat`; whether the memory is ours is an `fstat` too.
 fn joining() -> Vec<Allow> {
     vec![
         when(
@@ -509,11 +513,6 @@ fn joining() -> Vec<Allow> {
             "who the server is (SO_PEERCRED)",
         ),
         any(libc::SYS_poll, "poll", "the handshake waits for messages"),
-        any(
-            libc::SYS_recvmsg,
-            "recvmsg",
-            "the handshake's messages, with the memory fd and eventfds",
-        ),
         any(libc::SYS_read, "read", "the handshake"),
         ioctl(
             FIONBIO,
@@ -539,11 +538,6 @@ fn joining() -> Vec<Allow> {
             }],
         ),
         any(
-            libc::SYS_fstat,
-            "fstat",
-            "is the offered memory ours (inode, size)",
-        ),
-        any(
             libc::SYS_newfstatat,
             "newfstatat",
             "fstat through glibc (AT_EMPTY_PATH)",
@@ -553,11 +547,6 @@ fn joining() -> Vec<Allow> {
             libc::SYS_fstatfs,
             "fstatfs",
             "is the offered memory on hugetlbfs (its page size)",
-        ),
-        any(
-            libc::SYS_readlink,
-            "readlink",
-            "/proc/self/fd/N: is a peer's fd an eventfd",
         ),
     ]
 }
