@@ -10,7 +10,8 @@
 //! An inotify watch on the object's inode (through /proc/self/fd, which
 //! works for memfds and hugetlbfs files too): a truncation is IN_MODIFY.
 //! Writes through our shared mapping raise no events; a peer that write()s
-//! the file costs one fstat per loop turn.
+//! the file costs one fstat per loop turn, and the device (which a vCPU may
+//! hold) is locked only when the object is smaller than what it maps.
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
@@ -31,6 +32,9 @@ pub struct BackingWatch {
     file: File,
     what: String,
     index: usize,
+    /// What the device maps of the object (its `bar2_backed`, which only
+    /// shrinks, and only here): a size at or above it needs no device.
+    backed: u64,
 }
 
 impl BackingWatch {
@@ -38,6 +42,7 @@ impl BackingWatch {
     pub fn new(
         index: usize,
         backend: &ShmBackend,
+        backed: u64,
         dev: Arc<Mutex<IvshmemDevice>>,
     ) -> Option<BackingWatch> {
         let build = || -> Result<BackingWatch, String> {
@@ -57,6 +62,7 @@ impl BackingWatch {
                 file,
                 what: backend.describe().to_string(),
                 index,
+                backed,
             })
         };
         match build() {
@@ -75,12 +81,16 @@ impl BackingWatch {
             return;
         };
         let size = u64::try_from(st.st_size).unwrap_or(0);
+        if size >= self.backed {
+            return;
+        }
         let shrunk = self
             .dev
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .backing_shrank(size);
         if let Some((was, now)) = shrunk {
+            self.backed = now;
             log::error!(
                 "ivshmem{}: shared memory {} shrank to {} (someone truncated it); the guest's BAR2 keeps its size but reads all-ones from {} on and its writes there are dropped ({} were mapped); restore the object and restart the VM to use all of it again",
                 self.index,
