@@ -528,7 +528,6 @@ impl Run {
         let dev = IvshmemDevice::create(DeviceParts {
             index: 0,
             config,
-            ivposition: own_id,
             env,
             mapping,
             bar2_backed: s.bar2_backed,

@@ -20,33 +20,23 @@ pub const INTRSTATUS: u64 = 4;
 pub const IVPOSITION: u64 = 8;
 pub const DOORBELL: u64 = 12;
 
-/// The register file. Reset state is all zero except IVPOSITION.
+/// The register file; its reset state is all zero. IVPOSITION is not kept
+/// here: it is our peer id, which the device's interrupts own (0 in plain
+/// mode), handed to [`Registers::read`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Registers {
     intrmask: u32,
     intrstatus: u32,
-    ivposition: u32,
 }
 
 impl Registers {
-    pub fn new(ivposition: u16) -> Self {
-        Registers {
-            ivposition: u32::from(ivposition),
-            ..Default::default()
-        }
-    }
-
-    /// Our peer id changed (a rejoin, docs/ivshmem-presence.md).
-    pub fn set_ivposition(&mut self, id: u16) {
-        self.ivposition = u32::from(id);
-    }
-
-    /// A guest read of `data.len()` bytes at `offset`.
-    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+    /// A guest read of `data.len()` bytes at `offset`; IVPOSITION reads
+    /// `ivposition`.
+    pub fn read(&mut self, offset: u64, data: &mut [u8], ivposition: u16) {
         let value = match (offset, data.len()) {
             (INTRMASK, 4) => self.intrmask,
             (INTRSTATUS, 4) => std::mem::take(&mut self.intrstatus),
-            (IVPOSITION, 4) => self.ivposition,
+            (IVPOSITION, 4) => u32::from(ivposition),
             _ => 0,
         };
         let bytes = value.to_le_bytes();
@@ -88,13 +78,13 @@ mod tests {
 
     fn read32(r: &mut Registers, off: u64) -> u32 {
         let mut d = [0u8; 4];
-        r.read(off, &mut d);
+        r.read(off, &mut d, 7);
         u32::from_le_bytes(d)
     }
 
     #[test]
     fn intrmask_reads_back_what_was_written() {
-        let mut r = Registers::new(0);
+        let mut r = Registers::default();
         assert_eq!(r.write(INTRMASK, &0xdead_beefu32.to_le_bytes()), None);
         assert_eq!(read32(&mut r, INTRMASK), 0xdead_beef);
         assert_eq!(
@@ -106,23 +96,24 @@ mod tests {
 
     #[test]
     fn intrstatus_is_cleared_by_a_read() {
-        let mut r = Registers::new(0);
+        let mut r = Registers::default();
         r.write(INTRSTATUS, &5u32.to_le_bytes());
         assert_eq!(read32(&mut r, INTRSTATUS), 5);
         assert_eq!(read32(&mut r, INTRSTATUS), 0);
     }
 
     #[test]
-    fn ivposition_is_read_only() {
-        let mut r = Registers::new(7);
+    fn ivposition_reads_our_id_and_is_read_only() {
+        let mut r = Registers::default();
         assert_eq!(read32(&mut r, IVPOSITION), 7);
-        r.write(IVPOSITION, &99u32.to_le_bytes());
+        assert_eq!(r.write(IVPOSITION, &99u32.to_le_bytes()), None);
+        assert_eq!(r, Registers::default(), "a write changes nothing");
         assert_eq!(read32(&mut r, IVPOSITION), 7);
     }
 
     #[test]
     fn doorbell_is_write_only_and_returned_to_the_caller() {
-        let mut r = Registers::new(0);
+        let mut r = Registers::default();
         assert_eq!(
             r.write(DOORBELL, &0x0003_0001u32.to_le_bytes()),
             Some(0x0003_0001)
@@ -140,7 +131,7 @@ mod tests {
 
     #[test]
     fn narrow_unaligned_and_reserved_accesses_are_inert() {
-        let mut r = Registers::new(3);
+        let mut r = Registers::default();
         r.write(INTRMASK, &0x1234_5678u32.to_le_bytes());
         r.write(INTRSTATUS, &1u32.to_le_bytes());
         for (off, len) in [
@@ -156,7 +147,7 @@ mod tests {
             (6, 4),
         ] {
             let mut d = vec![0xaau8; len];
-            r.read(off, &mut d);
+            r.read(off, &mut d, 3);
             assert!(d.iter().all(|&b| b == 0), "read {off:#x}/{len}");
             assert_eq!(
                 r.write(off, &vec![0xffu8; len]),
@@ -170,7 +161,7 @@ mod tests {
             1,
             "narrow reads must not clear it"
         );
-        assert_eq!(read32(&mut r, IVPOSITION), 3);
+        assert_eq!(read32(&mut r, IVPOSITION), 7);
         assert_eq!(r.write(DOORBELL, &[1, 0]), None, "2-byte doorbell ignored");
     }
 }

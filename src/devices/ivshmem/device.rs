@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::presence::{Presence, PRESENCE_BASE};
+use super::presence::{PeerSet, Presence, PRESENCE_BASE};
 use super::IvshmemEnv;
 use crate::bus::{BusDevice, SharedDevice};
 use crate::devices::pci::config::{ConfigChange, PciConfig};
@@ -94,7 +94,6 @@ pub struct IvshmemDevice {
 pub struct DeviceParts {
     pub index: usize,
     pub config: PciConfig,
-    pub ivposition: u16,
     pub env: IvshmemEnv,
     pub mapping: ShmMapping,
     pub bar2_backed: u64,
@@ -114,7 +113,7 @@ impl IvshmemDevice {
         let dev = Arc::new(Mutex::new(IvshmemDevice {
             index: parts.index,
             config: parts.config,
-            regs: Registers::new(parts.ivposition),
+            regs: Registers::default(),
             env: parts.env,
             mapping: parts.mapping,
             bar2_backed: parts.bar2_backed,
@@ -122,7 +121,7 @@ impl IvshmemDevice {
             bar2_slot: parts.bar2_slot,
             msix,
             msix_cap,
-            presence: parts.interrupts.as_ref().map(|i| Presence::new(i.own_id())),
+            presence: parts.interrupts.as_ref().map(|_| Presence::default()),
             interrupts: parts.interrupts,
             handlers: [None, None, None],
             mapped: Default::default(),
@@ -182,7 +181,10 @@ impl IvshmemDevice {
                 (Some(p), Some(i)) => p.read(offset, data, i),
                 _ => data.fill(0),
             },
-            (0, _) => self.regs.read(offset, data),
+            (0, _) => {
+                let id = self.interrupts.as_ref().map_or(0, PeerSet::own_id);
+                self.regs.read(offset, data, id)
+            }
             (1, Some(msix)) if offset >= MSIX_PBA_OFFSET => {
                 msix.read_pba(offset - MSIX_PBA_OFFSET, data)
             }
@@ -346,8 +348,7 @@ impl IvshmemDevice {
                 msix.set_pending(v);
             }
         }
-        self.regs.set_ivposition(own_id);
-        let ring = self.presence.as_mut().and_then(|p| p.rejoined(own_id));
+        let ring = self.presence.as_mut().and_then(Presence::rejoined);
         self.ring_own(ring);
     }
 

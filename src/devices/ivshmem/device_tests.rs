@@ -75,7 +75,6 @@ fn doorbell_device(vm: Arc<dyn crate::vm_ops::VmOps>) -> Arc<std::sync::Mutex<Iv
     let dev = IvshmemDevice::create(DeviceParts {
         index: 0,
         config,
-        ivposition: 3,
         env,
         mapping,
         bar2_backed: 1 << 20,

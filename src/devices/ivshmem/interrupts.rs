@@ -162,10 +162,6 @@ impl Interrupts {
         self.stop.as_ref().is_some_and(|s| s.is_stopping())
     }
 
-    pub fn own_id(&self) -> u16 {
-        self.own_id
-    }
-
     pub fn vectors(&self) -> u16 {
         self.incoming.len() as u16
     }
@@ -450,6 +446,10 @@ impl Interrupts {
 }
 
 impl PeerSet for Interrupts {
+    fn own_id(&self) -> u16 {
+        self.own_id
+    }
+
     fn peer_count(&self) -> u32 {
         self.peers.keys().filter(|&&id| id != self.own_id).count() as u32
     }

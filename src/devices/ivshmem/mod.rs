@@ -45,6 +45,7 @@ use bar0::BAR0_SIZE;
 pub use device::MAX_VECTORS;
 use device::{DeviceParts, IvshmemDevice, BAR1_SIZE, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET};
 use interrupts::{Interrupts, IoeventfdBudget};
+use presence::PeerSet;
 use rejoin::{RejoinTarget, Rejoiner};
 use watch::WatchParts;
 
@@ -229,7 +230,6 @@ impl Ivshmem {
         let mut parts = DeviceParts {
             index,
             config: plain_config(index, alloc, bar2, bar2_size)?,
-            ivposition: 0,
             env: env.clone(),
             mapping,
             bar2_backed,
@@ -246,7 +246,7 @@ impl Ivshmem {
             Arc::new(Mutex::new(watch.attach(function.clone())))
                 as Arc<Mutex<dyn MutEventSubscriber + Send>>
         });
-        let backing_watch = BackingWatch::new(index, &backend, function.clone())
+        let backing_watch = BackingWatch::new(index, &backend, bar2_backed, function.clone())
             .map(|w| Arc::new(Mutex::new(w)) as Arc<Mutex<dyn MutEventSubscriber + Send>>);
         log::info!(
             "ivshmem{index}: {} ({}) at BAR2 {bar2:#x}",
@@ -480,7 +480,6 @@ fn add_doorbell(
         }
         None => None,
     };
-    parts.ivposition = joined.id;
     parts.msix = Some((MsixState::new(joined.vectors), cap));
     parts.interrupts = Some(interrupts);
     Ok(WatchParts {

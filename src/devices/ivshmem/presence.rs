@@ -59,6 +59,8 @@ pub enum Link {
 
 /// The peers a guest can see: ourselves excluded.
 pub trait PeerSet {
+    /// Our own id (what IVPOSITION reads).
+    fn own_id(&self) -> u16;
     fn peer_count(&self) -> u32;
     /// The smallest present peer id ≥ `from`.
     fn next_peer(&self, from: u32) -> Option<u16>;
@@ -71,24 +73,24 @@ pub trait PeerSet {
 pub struct Presence {
     generation: u32,
     link: Link,
-    own_id: u16,
     rejoins: u32,
     select: u32,
     notify: u32,
 }
 
-impl Presence {
-    pub fn new(own_id: u16) -> Self {
+impl Default for Presence {
+    fn default() -> Self {
         Presence {
             generation: 1,
             link: Link::Connected,
-            own_id,
             rejoins: 0,
             select: 0,
             notify: 0,
         }
     }
+}
 
+impl Presence {
     pub fn generation(&self) -> u32 {
         self.generation
     }
@@ -107,10 +109,9 @@ impl Presence {
         self.changed()
     }
 
-    /// We joined a server again, as `own_id`.
-    pub fn rejoined(&mut self, own_id: u16) -> Option<u16> {
+    /// We joined a server again (our id may be another now).
+    pub fn rejoined(&mut self) -> Option<u16> {
         self.link = Link::Rejoined;
-        self.own_id = own_id;
         self.rejoins = self.rejoins.saturating_add(1);
         self.changed()
     }
@@ -123,7 +124,7 @@ impl Presence {
                 PR_VERSION => u32::from(PRESENCE_VERSION),
                 PR_GENERATION => self.generation,
                 PR_LINK => self.link as u32,
-                PR_OWN_ID => u32::from(self.own_id),
+                PR_OWN_ID => u32::from(peers.own_id()),
                 PR_PEER_COUNT => peers.peer_count(),
                 PR_PEER_SELECT => self.select,
                 PR_PEER_NEXT => peers.next_peer(self.select).map_or(NO_PEER, u32::from),
@@ -163,18 +164,22 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    struct Peers(BTreeMap<u16, u16>);
+    /// Our id, and the others' ids with their vector counts.
+    struct Peers(u16, BTreeMap<u16, u16>);
 
     impl PeerSet for Peers {
+        fn own_id(&self) -> u16 {
+            self.0
+        }
         fn peer_count(&self) -> u32 {
-            self.0.len() as u32
+            self.1.len() as u32
         }
         fn next_peer(&self, from: u32) -> Option<u16> {
             let from = u16::try_from(from).ok()?;
-            self.0.range(from..).next().map(|(id, _)| *id)
+            self.1.range(from..).next().map(|(id, _)| *id)
         }
         fn peer_vectors(&self, id: u16) -> u16 {
-            self.0.get(&id).copied().unwrap_or(0)
+            self.1.get(&id).copied().unwrap_or(0)
         }
     }
 
@@ -190,8 +195,8 @@ mod tests {
 
     #[test]
     fn a_walk_finds_every_peer_with_its_vectors() {
-        let peers = Peers(BTreeMap::from([(2, 4), (5, 1), (9, 2)]));
-        let mut p = Presence::new(3);
+        let peers = Peers(3, BTreeMap::from([(2, 4), (5, 1), (9, 2)]));
+        let mut p = Presence::default();
         assert_eq!(read(&p, &peers, PR_MAGIC), u32::from_le_bytes(*b"IVPR"));
         assert_eq!(read(&p, &peers, PR_OWN_ID), 3);
         assert_eq!(read(&p, &peers, PR_PEER_COUNT), 3);
@@ -215,15 +220,16 @@ mod tests {
 
     #[test]
     fn generation_moves_on_every_change_and_link_follows_loss_and_rejoin() {
-        let peers = Peers(BTreeMap::new());
-        let mut p = Presence::new(1);
+        let mut peers = Peers(1, BTreeMap::new());
+        let mut p = Presence::default();
         assert_eq!(read(&p, &peers, PR_GENERATION), 1);
         assert_eq!(read(&p, &peers, PR_LINK), Link::Connected as u32);
         p.changed();
         assert_eq!(read(&p, &peers, PR_GENERATION), 2);
         p.lost();
         assert_eq!(read(&p, &peers, PR_LINK), Link::Lost as u32);
-        p.rejoined(7);
+        p.rejoined();
+        peers.0 = 7;
         assert_eq!(read(&p, &peers, PR_LINK), Link::Rejoined as u32);
         assert_eq!(read(&p, &peers, PR_OWN_ID), 7);
         assert_eq!(read(&p, &peers, PR_REJOINS), 1);
@@ -232,7 +238,7 @@ mod tests {
 
     #[test]
     fn notification_is_off_until_the_guest_enables_it() {
-        let mut p = Presence::new(0);
+        let mut p = Presence::default();
         assert_eq!(p.changed(), None);
         write(&mut p, PR_NOTIFY, 3);
         assert_eq!(p.changed(), None, "a vector without the enable bit");
@@ -240,13 +246,13 @@ mod tests {
         assert_eq!(p.changed(), Some(3));
         assert_eq!(p.lost(), Some(3));
         write(&mut p, PR_NOTIFY, 0);
-        assert_eq!(p.rejoined(2), None);
+        assert_eq!(p.rejoined(), None);
     }
 
     #[test]
     fn narrow_and_unknown_accesses_read_zero_and_change_nothing() {
-        let peers = Peers(BTreeMap::from([(1, 1)]));
-        let mut p = Presence::new(0);
+        let peers = Peers(0, BTreeMap::from([(1, 1)]));
+        let mut p = Presence::default();
         let before = p.clone();
         let mut two = [0xaau8; 2];
         p.read(PR_MAGIC, &mut two, &peers);
@@ -261,7 +267,7 @@ mod tests {
 
     #[test]
     fn generation_never_reads_zero_after_wrapping() {
-        let mut p = Presence::new(0);
+        let mut p = Presence::default();
         p.generation = u32::MAX;
         p.changed();
         assert_eq!(p.generation(), 1);
