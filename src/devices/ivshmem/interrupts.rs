@@ -197,11 +197,7 @@ impl Interrupts {
         };
         self.stats.peers_left.fetch_add(1, Ordering::Relaxed);
         log::info!("ivshmem: peer {id} left");
-        for (v, out) in vectors.into_iter().enumerate() {
-            if let Some(mut out) = out {
-                Self::unregister_with(&*self.vm, &self.budget, id, v as u16, &mut out);
-            }
-        }
+        self.wiring().unregister_all(id, vectors);
         true
     }
 
@@ -219,15 +215,8 @@ impl Interrupts {
         own_rings: Vec<EventFd>,
         peers: BTreeMap<u16, Vec<EventFd>>,
     ) -> Vec<u16> {
-        let old_ids: Vec<u16> = self.peers.keys().copied().collect();
-        for id in old_ids {
-            if let Some(vectors) = self.peers.remove(&id) {
-                for (v, out) in vectors.into_iter().enumerate() {
-                    if let Some(mut out) = out {
-                        Self::unregister_with(&*self.vm, &self.budget, id, v as u16, &mut out);
-                    }
-                }
-            }
+        for (id, vectors) in std::mem::take(&mut self.peers) {
+            self.wiring().unregister_all(id, vectors);
         }
         let mut pending = Vec::new();
         for (v, (inc, evt)) in self.incoming.iter_mut().zip(own).enumerate() {
@@ -266,25 +255,25 @@ impl Interrupts {
     }
 
     fn add_outgoing(&mut self, id: u16, vector: u16, fd: EventFd) {
-        let slots = self.peers.entry(id).or_default();
         let v = usize::from(vector);
-        if slots.len() <= v {
-            slots.resize_with(v + 1, || None);
-        }
-        if let Some(mut old) = slots[v].take() {
-            // A repeated announcement replaces the old doorbell.
-            Self::unregister_with(&*self.vm, &self.budget, id, vector, &mut old);
+        let old = self.peers.get_mut(&id).and_then(|s| s.get_mut(v)?.take());
+        if let Some(mut old) = old {
+            // A repeated announcement replaces the old doorbell (first:
+            // KVM refuses a second ioeventfd for the same address and value).
+            self.wiring().unregister(id, vector, &mut old);
         }
         let mut out = PeerDoorbell {
             fd,
             registered: None,
         };
         if let Some(addr) = self.doorbell_addr {
-            self.register(id, vector, &mut out, addr);
+            self.wiring().register(id, vector, &mut out, addr);
         }
-        if let Some(slot) = self.peers.get_mut(&id).and_then(|s| s.get_mut(v)) {
-            *slot = Some(out);
+        let slots = self.peers.entry(id).or_default();
+        if slots.len() <= v {
+            slots.resize_with(v + 1, || None);
         }
+        slots[v] = Some(out);
     }
 
     /// BAR0 moved or memory decode changed: re-register every doorbell at
@@ -294,36 +283,41 @@ impl Interrupts {
             return;
         }
         self.doorbell_addr = addr;
-        let ids: Vec<u16> = self.peers.keys().copied().collect();
-        for id in ids {
+        let mut peers = std::mem::take(&mut self.peers);
+        for (&id, slots) in &mut peers {
             if self.giving_up() {
-                return;
+                break;
             }
-            let Some(slots) = self.peers.get_mut(&id) else {
-                continue;
-            };
-            let mut taken: Vec<(u16, PeerDoorbell)> = Vec::new();
-            for (v, slot) in slots.iter_mut().enumerate() {
-                if let Some(out) = slot.take() {
-                    taken.push((v as u16, out));
-                }
-            }
-            for (v, mut out) in taken {
-                Self::unregister_with(&*self.vm, &self.budget, id, v, &mut out);
+            for (v, out) in slots.iter_mut().enumerate() {
+                let Some(out) = out else { continue };
+                self.wiring().unregister(id, v as u16, out);
                 if let Some(addr) = addr {
-                    self.register(id, v, &mut out, addr);
-                }
-                if let Some(slot) = self
-                    .peers
-                    .get_mut(&id)
-                    .and_then(|s| s.get_mut(usize::from(v)))
-                {
-                    *slot = Some(out);
+                    self.wiring().register(id, v as u16, out, addr);
                 }
             }
         }
+        self.peers = peers;
     }
 
+    /// The KVM side of the doorbells.
+    fn wiring(&self) -> Wiring<'_> {
+        Wiring {
+            vm: &*self.vm,
+            budget: &self.budget,
+            stats: &self.stats,
+        }
+    }
+}
+
+/// What registering a doorbell with KVM takes: the VM, the budget and the
+/// counters (not the doorbells themselves, which the caller holds).
+struct Wiring<'a> {
+    vm: &'a dyn VmOps,
+    budget: &'a IoeventfdBudget,
+    stats: &'a InterruptStats,
+}
+
+impl Wiring<'_> {
     fn register(&self, id: u16, vector: u16, out: &mut PeerDoorbell, addr: u64) {
         if !self.budget.take() {
             let n = self.stats.over_budget.fetch_add(1, Ordering::Relaxed) + 1;
@@ -345,22 +339,27 @@ impl Interrupts {
         }
     }
 
-    fn unregister_with(
-        vm: &dyn VmOps,
-        budget: &IoeventfdBudget,
-        id: u16,
-        vector: u16,
-        out: &mut PeerDoorbell,
-    ) {
+    fn unregister(&self, id: u16, vector: u16, out: &mut PeerDoorbell) {
         if let Some(addr) = out.registered.take() {
             let datamatch = super::bar0::doorbell_value(id, vector);
-            if let Err(e) = vm.unregister_ioevent(&out.fd, addr, datamatch) {
+            if let Err(e) = self.vm.unregister_ioevent(&out.fd, addr, datamatch) {
                 log::warn!("ivshmem: removing the doorbell for peer {id} vector {vector}: {e}");
             }
-            budget.give_back();
+            self.budget.give_back();
         }
     }
 
+    /// Peer `id`'s doorbells, gone.
+    fn unregister_all(&self, id: u16, vectors: Vec<Option<PeerDoorbell>>) {
+        for (v, out) in vectors.into_iter().enumerate() {
+            if let Some(mut out) = out {
+                self.unregister(id, v as u16, &mut out);
+            }
+        }
+    }
+}
+
+impl Interrupts {
     /// Brings vector `v`'s irqfd and route in line with the MSI-X state.
     /// Returns true if the set of watched vectors changed.
     pub fn sync_vector(&mut self, v: u16, msix: &MsixState) -> bool {
