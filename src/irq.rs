@@ -40,6 +40,22 @@ pub struct MsiMessage {
     pub data: u32,
 }
 
+impl MsiMessage {
+    /// The address as KVM's MSI structures hold it: (low, high) halves.
+    pub fn halves(self) -> (u32, u32) {
+        (self.address as u32, (self.address >> 32) as u32)
+    }
+
+    /// The message KVM's MSI structures describe: the inverse of
+    /// [`halves`](Self::halves).
+    pub fn from_halves(address_lo: u32, address_hi: u32, data: u32) -> Self {
+        MsiMessage {
+            address: u64::from(address_hi) << 32 | u64::from(address_lo),
+            data,
+        }
+    }
+}
+
 struct Table {
     routes: BTreeMap<u32, Vec<kvm_irq_routing_entry>>,
     free: Vec<u32>,
@@ -160,8 +176,9 @@ fn msi_entry(gsi: u32, msg: MsiMessage) -> kvm_irq_routing_entry {
         type_: KVM_IRQ_ROUTING_MSI,
         ..Default::default()
     };
-    e.u.msi.address_lo = msg.address as u32;
-    e.u.msi.address_hi = (msg.address >> 32) as u32;
+    let (lo, hi) = msg.halves();
+    e.u.msi.address_lo = lo;
+    e.u.msi.address_hi = hi;
     e.u.msi.data = msg.data;
     e
 }
@@ -229,5 +246,13 @@ mod tests {
         // SAFETY: built as an MSI route just above.
         let (lo, hi, data) = unsafe { (e.u.msi.address_lo, e.u.msi.address_hi, e.u.msi.data) };
         assert_eq!((lo, hi, data), (0xfee0_1000, 1, 0x41));
+        assert_eq!(
+            MsiMessage::from_halves(lo, hi, data),
+            MsiMessage {
+                address: 0x1_fee0_1000,
+                data: 0x41
+            },
+            "from_halves undoes halves"
+        );
     }
 }

@@ -76,10 +76,7 @@ impl VmState {
             (e.gsi == gsi && e.type_ == KVM_IRQ_ROUTING_MSI).then(|| {
                 // SAFETY: an entry of type MSI holds the `msi` variant.
                 let m = unsafe { e.u.msi };
-                MsiMessage {
-                    address: u64::from(m.address_hi) << 32 | u64::from(m.address_lo),
-                    data: m.data,
-                }
+                MsiMessage::from_halves(m.address_lo, m.address_hi, m.data)
             })
         })
     }
@@ -307,10 +304,7 @@ impl VmOps for RecordingVm {
             return refuse(&mut s, libc::EINVAL, format!("MSI flags {}", msi.flags));
         }
         s.delivered.push(Delivered {
-            msg: MsiMessage {
-                address: u64::from(msi.address_hi) << 32 | u64::from(msi.address_lo),
-                data: msi.data,
-            },
+            msg: MsiMessage::from_halves(msi.address_lo, msi.address_hi, msi.data),
             source: Source::Signal,
         });
         Ok(1)

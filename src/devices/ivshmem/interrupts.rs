@@ -399,9 +399,10 @@ impl Interrupts {
     /// Injects vector `v`'s current MSI message once.
     pub fn inject(&self, msix: &MsixState, v: u16) {
         let Some(m) = msix.message(v) else { return };
+        let (address_lo, address_hi) = m.halves();
         let msi = kvm_msi {
-            address_lo: m.address as u32,
-            address_hi: (m.address >> 32) as u32,
+            address_lo,
+            address_hi,
             data: m.data,
             ..Default::default()
         };
