@@ -10,7 +10,6 @@
 //! reset. Other sleep states are not offered (the DSDT names only `_S5`);
 //! asking for one is logged and ignored.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::arch::x86_64::layout::{
@@ -37,35 +36,30 @@ const SLEEP_CONTROL: u64 = 0;
 const SLEEP_STATUS: u64 = (ACPI_SLEEP_STATUS_PORT - ACPI_SLEEP_CONTROL_PORT) as u64;
 const RESET: u64 = (ACPI_RESET_PORT - ACPI_SLEEP_CONTROL_PORT) as u64;
 
-/// How many ignored writes are logged before the device goes quiet: a guest
-/// hammering the ports must not flood the log.
-const LOG_LIMIT: u32 = 8;
-
 /// The three registers, inserted on the port bus at
 /// `ACPI_SLEEP_CONTROL_PORT` for `ACPI_PM_PORTS_LEN` ports.
 pub struct AcpiPm {
     stop: Arc<VmStop>,
-    logged: AtomicU32,
+    /// Ignored writes so far (logged sparsely: a guest may hammer the ports).
+    ignored: u64,
 }
 
 impl AcpiPm {
     pub fn new(stop: Arc<VmStop>) -> Self {
-        AcpiPm {
-            stop,
-            logged: AtomicU32::new(0),
+        AcpiPm { stop, ignored: 0 }
+    }
+
+    fn ignore(&mut self, what: std::fmt::Arguments) {
+        self.ignored += 1;
+        if crate::logger::worth_logging(self.ignored) {
+            log::info!(
+                "ACPI power device: {what}; ignored ({} so far)",
+                self.ignored
+            );
         }
     }
 
-    fn ignored(&self, what: std::fmt::Arguments) {
-        let n = self.logged.fetch_add(1, Ordering::Relaxed);
-        if n < LOG_LIMIT {
-            log::info!("ACPI power device: {what}; ignored");
-        } else if n == LOG_LIMIT {
-            log::info!("ACPI power device: more ignored writes; no longer logging them");
-        }
-    }
-
-    fn write_byte(&self, offset: u64, value: u8) {
+    fn write_byte(&mut self, offset: u64, value: u8) {
         match offset {
             SLEEP_CONTROL => {
                 if value & SLP_EN == 0 {
@@ -75,7 +69,7 @@ impl AcpiPm {
                 if slp_typ == SLP_TYP_S5 {
                     self.stop.request(StopReason::PowerOff);
                 } else {
-                    self.ignored(format_args!(
+                    self.ignore(format_args!(
                         "guest asked for sleep type {slp_typ}, but only S5 (type {SLP_TYP_S5}) is offered"
                     ));
                 }
@@ -86,7 +80,7 @@ impl AcpiPm {
                 if value == RESET_VALUE {
                     self.stop.request(StopReason::Reset);
                 } else {
-                    self.ignored(format_args!(
+                    self.ignore(format_args!(
                         "reset register written with {value:#x}, not {RESET_VALUE:#x}"
                     ));
                 }

@@ -250,7 +250,7 @@ impl IvshmemDevice {
             Some(db) => {
                 let n = db.stats.unmatched.fetch_add(1, Ordering::Relaxed) + 1;
                 let (peer, vector) = doorbell_target(value);
-                if n <= 8 || n.is_power_of_two() {
+                if crate::logger::worth_logging(n) {
                     log::info!(
                         "ivshmem{}: doorbell to peer {peer} vector {vector} matches no connected peer/vector; dropped ({n} so far)",
                         self.index

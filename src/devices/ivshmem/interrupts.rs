@@ -321,7 +321,7 @@ impl Wiring<'_> {
     fn register(&self, id: u16, vector: u16, out: &mut PeerDoorbell, addr: u64) {
         if !self.budget.take() {
             let n = self.stats.over_budget.fetch_add(1, Ordering::Relaxed) + 1;
-            if n == 1 || n.is_power_of_two() {
+            if crate::logger::worth_logging(n) {
                 log::error!(
                     "ivshmem: doorbell for peer {id} vector {vector} not connected: KVM allows about {IOEVENTFD_BUDGET} doorbells per VM (peers × vectors); use fewer vectors or peers ({n} unconnected so far)"
                 );
