@@ -20,6 +20,7 @@ use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::size::format_size;
+use crate::protocol::rejoin::{refusal, Backoff};
 use crate::protocol::{
     connect_with, ConnectOptions, HandshakeError, PeerConnection, PeerEvent, MAX_SERVER_VECTORS,
 };
@@ -303,23 +304,22 @@ impl Client {
     /// Returns false if `stop` became readable first.
     fn rejoin(&mut self, stop: Option<BorrowedFd<'_>>) -> Result<bool, ClientError> {
         let want = self.shm.identity();
-        let mut wait = Duration::from_millis(100);
-        let mut said = false;
+        let mut backoff = Backoff::default();
+        let mut said: Option<String> = None;
         loop {
-            if wait_any(&[stop], Some(wait))?[0] {
+            if wait_any(&[stop], Some(backoff.next_wait()))?[0] {
                 return Ok(false);
             }
-            wait = (wait * 2).min(Duration::from_secs(1));
             let Ok((conn, hs)) = connect_with(&self.socket, &self.opts) else {
                 continue;
             };
-            if want.is_none() || hs.shm.identity() != want || hs.own.len() != self.own.len() {
-                if !said {
+            if let Some(why) = refusal(want, self.own.len(), &hs) {
+                if said.as_ref() != Some(&why) {
                     log::warn!(
-                        "a server is back at {} with other memory or vectors; staying away, still trying",
+                        "a server is back at {} but this client is staying away: {why}; still trying",
                         self.socket.display()
                     );
-                    said = true;
+                    said = Some(why);
                 }
                 continue;
             }

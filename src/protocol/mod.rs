@@ -8,12 +8,14 @@
 //!   failure.
 //! - [`peer`]: after the handshake, [`PeerConnection`] turns later messages
 //!   into [`PeerEvent`]s (a peer's vector joined, a peer left, server gone).
+//! - [`rejoin`]: when to join a server again, and which one to accept.
 
 pub mod codec;
 pub mod handshake;
 pub mod peer;
 pub(crate) mod ratelimit;
 pub mod recv;
+pub mod rejoin;
 
 pub use handshake::{connect, connect_with, ConnectOptions, Handshake, HandshakeError};
 pub use peer::{PeerConnection, PeerEvent};

@@ -9,18 +9,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
+use crate::protocol::rejoin::{refusal, Backoff};
 use crate::protocol::{self, PeerConnection};
 use crate::sandbox::{self, SeccompMode, ThreadKind};
 use crate::shm::ShmIdentity;
-
-/// The first try comes this long after the loss; each failure doubles it.
-const FIRST_TRY: Duration = Duration::from_millis(100);
-/// Never more than this between two tries.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A new connection, ready for the device.
 pub struct Rejoined {
@@ -116,27 +111,8 @@ fn rejoin_loop(shared: &Shared, ready: &EventFd, target: &RejoinTarget) {
     }
 }
 
-/// Why a server that answered is not one to rejoin.
-fn refusal(target: &RejoinTarget, found: Option<ShmIdentity>, vectors: usize) -> Option<String> {
-    if found != Some(target.memory) {
-        return Some(match found {
-            Some(m) if m.size != target.memory.size => format!(
-                "it offers {} bytes of shared memory, this VM maps {}",
-                m.size, target.memory.size
-            ),
-            _ => "it offers a different shared-memory object than the one this VM maps (restart it with the same -M NAME --keep-shm)".into(),
-        });
-    }
-    (vectors != usize::from(target.options.vectors)).then(|| {
-        format!(
-            "it gives {vectors} vectors per peer, this device has {}",
-            target.options.vectors
-        )
-    })
-}
-
 fn try_until_joined(shared: &Shared, target: &RejoinTarget) -> Option<Rejoined> {
-    let mut wait = FIRST_TRY;
+    let mut backoff = Backoff::default();
     let mut said: Option<String> = None;
     loop {
         // A condition-variable wait as the sleep: nothing wakes it early,
@@ -144,10 +120,9 @@ fn try_until_joined(shared: &Shared, target: &RejoinTarget) -> Option<Rejoined> 
         let st = shared.lock();
         let (st, _) = shared
             .wake
-            .wait_timeout(st, wait)
+            .wait_timeout(st, backoff.next_wait())
             .unwrap_or_else(|e| e.into_inner());
         drop(st);
-        wait = (wait * 2).min(MAX_BACKOFF);
         let (conn, hs) = match protocol::connect_with(&target.socket, &target.options) {
             Ok(joined) => joined,
             Err(e) => {
@@ -155,7 +130,8 @@ fn try_until_joined(shared: &Shared, target: &RejoinTarget) -> Option<Rejoined> 
                 continue;
             }
         };
-        match refusal(target, hs.shm.identity(), hs.own.len()) {
+        let vectors = usize::from(target.options.vectors);
+        match refusal(Some(target.memory), vectors, &hs) {
             None => {
                 let own_rings: Result<Vec<EventFd>, _> =
                     hs.own.iter().map(EventFd::try_clone).collect();
