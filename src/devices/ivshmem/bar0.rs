@@ -39,10 +39,7 @@ impl Registers {
             (IVPOSITION, 4) => u32::from(ivposition),
             _ => 0,
         };
-        let bytes = value.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = bytes.get(i).copied().unwrap_or(0);
-        }
+        answer(data, value);
     }
 
     /// A guest write. Returns the value of a doorbell write, which the
@@ -56,6 +53,15 @@ impl Registers {
             _ => {}
         }
         None
+    }
+}
+
+/// What a BAR0 read returns: `value` to an aligned 4-byte read (the
+/// callers' `value` is 0 for any other), zeros beyond its four bytes.
+pub fn answer(data: &mut [u8], value: u32) {
+    let bytes = value.to_le_bytes();
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = bytes.get(i).copied().unwrap_or(0);
     }
 }
 

@@ -138,10 +138,7 @@ impl Presence {
         } else {
             0
         };
-        let bytes = value.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = bytes.get(i).copied().unwrap_or(0);
-        }
+        super::bar0::answer(data, value);
     }
 
     /// A guest write at `offset` of BAR0 (from [`PRESENCE_BASE`] up).
