@@ -12,7 +12,7 @@ use crate::config::size::parse_pow2_size;
 use crate::protocol::MAX_SERVER_VECTORS;
 use crate::sandbox::{self, SandboxError, SeccompMode, ThreadKind};
 use crate::server::{Pidfile, Server, ServerConfig, ServerError};
-use crate::shm::ShmSource;
+use crate::shm::{ShmSource, Trust};
 use crate::stop::signals_as_events;
 
 /// What differs from QEMU's contrib/ivshmem-server (also in docs/server.md).
@@ -131,7 +131,7 @@ impl ServerArgs {
             vectors: self.vectors,
             shm,
             keep_shm: self.keep_shm,
-            shm_shared: self.shm_shared,
+            trust: Trust::shared_if(self.shm_shared),
             peer_uids: self.peer_uids.clone(),
         })
     }

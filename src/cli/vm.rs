@@ -8,7 +8,8 @@ use thiserror::Error;
 
 use crate::config::size::{parse_pow2_size, parse_size, SizeError};
 use crate::config::{
-    IvshmemBacking, SeccompMode, SerialChoice, VmConfig, DEFAULT_SHM_SIZE, MIN_SHM_SIZE,
+    IvshmemBacking, SeccompMode, SerialChoice, ShmSource, Trust, VmConfig, DEFAULT_SHM_SIZE,
+    MIN_SHM_SIZE,
 };
 use crate::devices::ivshmem::MAX_VECTORS;
 
@@ -166,18 +167,15 @@ impl VmArgs {
         if self.server_uid.is_some() && self.server.is_none() {
             return Err(ConfigError::ServerUidAlone);
         }
-        if let Some(name) = &self.shm {
-            ivshmem.push(IvshmemBacking::Shm {
-                name: name.clone(),
+        let sources = [
+            self.shm.clone().map(ShmSource::Name),
+            self.shm_path.clone().map(ShmSource::Path),
+        ];
+        for source in sources.into_iter().flatten() {
+            ivshmem.push(IvshmemBacking::Memory {
+                source,
                 size: shorthand_size()?,
-                shared: self.shm_shared,
-            });
-        }
-        if let Some(path) = &self.shm_path {
-            ivshmem.push(IvshmemBacking::Path {
-                path: path.clone(),
-                size: shorthand_size()?,
-                shared: self.shm_shared,
+                trust: Trust::shared_if(self.shm_shared),
             });
         }
         if let Some(socket) = &self.server {
@@ -292,15 +290,14 @@ pub fn parse_ivshmem_spec(spec: &str) -> Result<IvshmemBacking, ConfigError> {
         Some(("shm" | "path", _)) if rejoin.is_some() => {
             Err(bad("rejoin= applies to server= only".into()))
         }
-        Some(("shm", name)) if memory_only => Ok(IvshmemBacking::Shm {
-            name: name.to_string(),
+        Some((key @ ("shm" | "path"), value)) if memory_only => Ok(IvshmemBacking::Memory {
+            source: if key == "shm" {
+                ShmSource::Name(value.to_string())
+            } else {
+                ShmSource::Path(PathBuf::from(value))
+            },
             size: size.unwrap_or(DEFAULT_SHM_SIZE),
-            shared: shared.unwrap_or(false),
-        }),
-        Some(("path", path)) if memory_only => Ok(IvshmemBacking::Path {
-            path: PathBuf::from(path),
-            size: size.unwrap_or(DEFAULT_SHM_SIZE),
-            shared: shared.unwrap_or(false),
+            trust: Trust::shared_if(shared.unwrap_or(false)),
         }),
         Some(("server", _)) if shared.is_some() => Err(bad(
             "shared= applies to shm= and path= (a server's memory is the server's)".into(),
@@ -357,23 +354,25 @@ mod tests {
         let c = config(&["--kernel", "k", "--shm", "demo", "--size", "64M"]).unwrap();
         assert_eq!(
             c.ivshmem,
-            vec![IvshmemBacking::Shm {
-                name: "demo".into(),
+            vec![IvshmemBacking::Memory {
+                source: ShmSource::Name("demo".into()),
                 size: 64 << 20,
-                shared: false
+                trust: Trust::Ours
             }]
         );
         let c = config(&["--kernel", "k", "--shm", "demo"]).unwrap();
         assert_eq!(
             c.ivshmem,
-            vec![IvshmemBacking::Shm {
-                name: "demo".into(),
+            vec![IvshmemBacking::Memory {
+                source: ShmSource::Name("demo".into()),
                 size: 4 << 20,
-                shared: false
+                trust: Trust::Ours
             }]
         );
         let c = config(&["--kernel", "k", "--shm-path", "/dev/shm/f", "--size", "8G"]).unwrap();
-        assert!(matches!(&c.ivshmem[0], IvshmemBacking::Path { size, .. } if *size == 8 << 30));
+        assert!(
+            matches!(&c.ivshmem[0], IvshmemBacking::Memory { source: ShmSource::Path(_), size, .. } if *size == 8 << 30)
+        );
     }
 
     #[test]
@@ -448,13 +447,15 @@ mod tests {
         assert_eq!(c.ivshmem.len(), 3);
         assert_eq!(
             c.ivshmem[0],
-            IvshmemBacking::Shm {
-                name: "a".into(),
+            IvshmemBacking::Memory {
+                source: ShmSource::Name("a".into()),
                 size: 1 << 20,
-                shared: false
+                trust: Trust::Ours
             }
         );
-        assert!(matches!(&c.ivshmem[1], IvshmemBacking::Path { size, .. } if *size == 4 << 20));
+        assert!(
+            matches!(&c.ivshmem[1], IvshmemBacking::Memory { source: ShmSource::Path(_), size, .. } if *size == 4 << 20)
+        );
         assert!(matches!(
             &c.ivshmem[2],
             IvshmemBacking::Server { vectors: 2, .. }
@@ -466,12 +467,20 @@ mod tests {
         let c = config(&["--kernel", "k", "--shm", "lg", "--shm-shared"]).unwrap();
         assert!(matches!(
             &c.ivshmem[0],
-            IvshmemBacking::Shm { shared: true, .. }
+            IvshmemBacking::Memory {
+                source: ShmSource::Name(_),
+                trust: Trust::Shared,
+                ..
+            }
         ));
         let c = config(&["--kernel", "k", "--shm-path", "/dev/shm/x"]).unwrap();
         assert!(matches!(
             &c.ivshmem[0],
-            IvshmemBacking::Path { shared: false, .. }
+            IvshmemBacking::Memory {
+                source: ShmSource::Path(_),
+                trust: Trust::Ours,
+                ..
+            }
         ));
         let c = config(&["--kernel", "k", "--server", "/s", "--server-uid", "65534"]).unwrap();
         assert!(matches!(
@@ -499,7 +508,11 @@ mod tests {
         );
         assert!(matches!(
             parse_ivshmem_spec("path=/dev/shm/lg,shared=on"),
-            Ok(IvshmemBacking::Path { shared: true, .. })
+            Ok(IvshmemBacking::Memory {
+                source: ShmSource::Path(_),
+                trust: Trust::Shared,
+                ..
+            })
         ));
         assert!(matches!(
             parse_ivshmem_spec("server=/s,server-uid=7,vectors=2"),

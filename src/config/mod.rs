@@ -8,6 +8,7 @@ pub mod size;
 use std::path::PathBuf;
 
 pub use crate::sandbox::SeccompMode;
+pub use crate::shm::{ShmSource, Trust};
 
 /// Smallest ivshmem region (one page), as QEMU.
 pub const MIN_SHM_SIZE: u64 = 4096;
@@ -25,18 +26,14 @@ pub enum SerialChoice {
 /// The host side of one ivshmem device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IvshmemBacking {
-    /// POSIX shared memory object. `shared`: an existing object may belong
+    /// Shared memory we open or create: a POSIX shm object
+    /// (`ShmSource::Name`) or a file on tmpfs or hugetlbfs
+    /// (`ShmSource::Path`). `trust`: whether an existing object may belong
     /// to another user or be writable by others (shared on purpose).
-    Shm {
-        name: String,
+    Memory {
+        source: ShmSource,
         size: u64,
-        shared: bool,
-    },
-    /// A file on tmpfs or hugetlbfs; `shared` as for `Shm`.
-    Path {
-        path: PathBuf,
-        size: u64,
-        shared: bool,
+        trust: Trust,
     },
     /// Shared memory and doorbells from an ivshmem server. With `size`, BAR2
     /// is that size and the server's memory must be at least as large;

@@ -23,7 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{Failure, Rng, Target, TempDir};
 use crate::protocol::{connect_with, ConnectOptions, PeerConnection, PeerEvent};
 use crate::server::{Server, ServerConfig};
-use crate::shm::ShmSource;
+use crate::shm::{ShmSource, Trust};
 
 /// How long a peer waits for what the model expects before that is a failure.
 const WAIT: Duration = Duration::from_secs(3);
@@ -117,7 +117,7 @@ impl Run {
             vectors: setup.vectors,
             shm: ShmSource::Memfd,
             keep_shm: false,
-            shm_shared: false,
+            trust: Trust::Ours,
             peer_uids: Vec::new(),
         };
         let stop = EventFd::new(0).map_err(|e| e.to_string())?;

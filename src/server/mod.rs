@@ -83,9 +83,9 @@ pub struct ServerConfig {
     pub shm: ShmSource,
     /// Keep a shm object the server created after it exits.
     pub keep_shm: bool,
-    /// An existing -M object is shared on purpose (`--shm-shared`): another
-    /// user may own it or others may write it.
-    pub shm_shared: bool,
+    /// Whose existing -M object is accepted (`--shm-shared`: shared on
+    /// purpose, another user may own it or others may write it).
+    pub trust: Trust,
     /// Uids besides ours and root's whose peers may join (`--peer-uid`).
     pub peer_uids: Vec<u32>,
 }
@@ -114,12 +114,7 @@ impl Server {
         if config.vectors > MAX_SERVER_VECTORS {
             return Err(ServerError::TooManyVectors(config.vectors));
         }
-        let trust = if config.shm_shared {
-            Trust::Shared
-        } else {
-            Trust::Ours
-        };
-        let mut shm = ShmBackend::open_with(&config.shm, config.size, trust)?;
+        let mut shm = ShmBackend::open_with(&config.shm, config.size, config.trust)?;
         if shm.object_size() != config.size {
             return Err(ServerError::ShmSizeMismatch {
                 what: shm.describe().to_string(),

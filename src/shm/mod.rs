@@ -56,6 +56,17 @@ pub enum Trust {
     Shared,
 }
 
+impl Trust {
+    /// `Shared` when the user said the object is shared on purpose.
+    pub fn shared_if(on_purpose: bool) -> Trust {
+        if on_purpose {
+            Trust::Shared
+        } else {
+            Trust::Ours
+        }
+    }
+}
+
 /// Why shared memory could not be provided. Each text is the one line the
 /// user reads: the problem and the fix.
 #[derive(Debug, Error)]

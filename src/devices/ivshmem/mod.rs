@@ -37,7 +37,7 @@ use crate::irq::{IrqError, IrqRouting};
 use crate::protocol::{self, HandshakeError, PeerConnection};
 use crate::sandbox::SeccompMode;
 use crate::shm::ShmIdentity;
-use crate::shm::{ShmBackend, ShmError, ShmSource, Trust};
+use crate::shm::{ShmBackend, ShmError};
 use crate::stop::VmStop;
 use crate::vm_ops::VmOps;
 use backing::BackingWatch;
@@ -319,16 +319,13 @@ fn open_backing(
     backing: &IvshmemBacking,
 ) -> Result<(ShmBackend, u64, Option<Joined>), IvshmemError> {
     let mem_err = |source| IvshmemError::Memory { index, source };
-    let trust = |shared: bool| if shared { Trust::Shared } else { Trust::Ours };
     let (socket, vectors, size, server_uid, rejoin) = match backing {
-        IvshmemBacking::Shm { name, size, shared } => {
-            let source = ShmSource::Name(name.clone());
-            let backend = ShmBackend::open_with(&source, *size, trust(*shared));
-            return Ok((backend.map_err(mem_err)?, *size, None));
-        }
-        IvshmemBacking::Path { path, size, shared } => {
-            let source = ShmSource::Path(path.clone());
-            let backend = ShmBackend::open_with(&source, *size, trust(*shared));
+        IvshmemBacking::Memory {
+            source,
+            size,
+            trust,
+        } => {
+            let backend = ShmBackend::open_with(source, *size, *trust);
             return Ok((backend.map_err(mem_err)?, *size, None));
         }
         IvshmemBacking::Server {
