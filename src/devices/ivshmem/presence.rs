@@ -264,8 +264,10 @@ mod tests {
 
     #[test]
     fn generation_never_reads_zero_after_wrapping() {
-        let mut p = Presence::default();
-        p.generation = u32::MAX;
+        let mut p = Presence {
+            generation: u32::MAX,
+            ..Default::default()
+        };
         p.changed();
         assert_eq!(p.generation(), 1);
     }
