@@ -92,6 +92,7 @@ pub const KVM_SET_GSI_ROUTING: u64 =
 pub const KVM_IRQFD: u64 = iow(0x76, std::mem::size_of::<kvm_bindings::kvm_irqfd>());
 pub const KVM_IOEVENTFD: u64 = iow(0x79, std::mem::size_of::<kvm_bindings::kvm_ioeventfd>());
 pub const KVM_SIGNAL_MSI: u64 = iow(0xa5, std::mem::size_of::<kvm_bindings::kvm_msi>());
+pub const KVM_CREATE_PIT2: u64 = iow(0x77, std::mem::size_of::<kvm_bindings::kvm_pit_config>());
 /// Set on a socket by `set_nonblocking` (std uses FIONBIO, not fcntl).
 pub const FIONBIO: u64 = libc::FIONBIO;
 /// tcsetattr(TCSANOW): the terminal restored after raw mode.
@@ -286,6 +287,11 @@ fn vcpu() -> Vec<Allow> {
             libc::SYS_clock_nanosleep,
             "clock_nanosleep",
             "KVM could not reach guest memory: wait for the event loop to unmap truncated shared memory",
+        ),
+        ioctl(
+            KVM_CREATE_PIT2,
+            "ioctl(KVM_CREATE_PIT2)",
+            "vCPU 0's thread creates the PIT beside the build, already confined (KVM refuses a second PIT)",
         ),
     ]);
     t

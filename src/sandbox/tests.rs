@@ -251,6 +251,7 @@ fn kvm_ioctl_numbers_match_the_kernel_headers() {
     assert_eq!(filters::KVM_IRQFD, 0x4020_ae76);
     assert_eq!(filters::KVM_IOEVENTFD, 0x4040_ae79);
     assert_eq!(filters::KVM_SIGNAL_MSI, 0x4020_aea5);
+    assert_eq!(filters::KVM_CREATE_PIT2, 0x4040_ae77);
 }
 
 #[test]

@@ -64,35 +64,41 @@ fn host_memory() -> Option<u64> {
     Some(nix::sys::sysinfo::sysinfo().ok()?.ram_total())
 }
 
-/// vCPU 0's thread, started first, does on another CPU (it is [placed
-/// beside](crate::placement) this one) the steps of the build that wait on
-/// nothing the steps between make, then confines itself while the rest of
-/// the build goes on:
+/// vCPU 0's thread, started first — by `main` before it even parses the
+/// command line ([`Vmm::prepare`](super::Vmm::prepare)) — does on another
+/// CPU (it is [placed beside](crate::placement) this one) the steps of the
+/// build that wait on nothing the steps between make, and confines itself
+/// while the rest of the build goes on:
 ///
 /// - KVM's supported CPUID, on its own /dev/kvm fd: ~55 host CPUID
 ///   instructions, each a VM exit where the host is itself virtualized,
-///   ~0.3 ms in all, as long as mapping RAM and creating the VM. Nothing
-///   needs it before the firmware tables (the guest's address width).
+///   ~0.3 ms in all, longer than parsing the command line, mapping RAM and
+///   creating the VM. Nothing needs it before the firmware tables (the
+///   guest's address width).
+/// - The vCPU seccomp filter (~0.1 ms to install), as soon as the build
+///   says which mode, so that the thread is ready to run the guest when the
+///   build ends; a thread started then would pay its start and its filter
+///   after the build.
 /// - The PIT, once the irqchip exists: ~0.1 ms (KVM starts a kernel thread
 ///   for it and registers its ports), while the legacy devices and the
-///   vCPUs are made.
-/// - The vCPU seccomp filter (~0.1 ms to install), so that the thread is
-///   ready to run the guest when the build ends; a thread started then
-///   would pay its start and its filter after the build.
+///   vCPUs are made. (Under the vCPU filter, which allows KVM_CREATE_PIT2
+///   for this: a second PIT is refused by KVM.)
 ///
 /// [`finish`](Self::finish) returns it as a [`BootVcpu`] once all three are
 /// done. Without a thread, CPUID and the PIT are done here and vCPU 0 gets
 /// a thread of its own later, as the others do.
-pub(super) struct BesideBuild {
+pub struct BesideBuild {
     helper: Option<Helper>,
 }
 
 struct Helper {
     thread: JoinHandle<()>,
     cpuid: Receiver<Result<Vec<kvm_cpuid_entry2>, VmmError>>,
+    /// The seccomp mode of the VM being built.
+    mode: Sender<SeccompMode>,
     /// The VM once its irqchip exists; dropped unsent if the build fails.
     pit: Sender<Arc<VmFd>>,
-    /// The PIT's and the filter's outcome.
+    /// The filter's and the PIT's outcome.
     ready: Receiver<Result<(), VmmError>>,
     run: Sender<(VcpuFd, VcpuContext)>,
 }
@@ -116,9 +122,11 @@ impl BootVcpu {
 
 impl BesideBuild {
     /// Starts vCPU 0's thread (it asks for CPUID right away); its signals
-    /// are blocked as a helper's are, but for the kick.
-    pub(super) fn start(seccomp: SeccompMode) -> BesideBuild {
+    /// are blocked as a helper's are, but for the kick. Dropped unused (a
+    /// subcommand, `--help`), it ends by itself.
+    pub fn start() -> BesideBuild {
         let (cpuid_tx, cpuid) = mpsc::channel();
+        let (mode, mode_rx) = mpsc::channel::<SeccompMode>();
         let (pit, pit_rx) = mpsc::channel::<Arc<VmFd>>();
         let (ready_tx, ready) = mpsc::channel();
         let (run, run_rx) = mpsc::channel::<(VcpuFd, VcpuContext)>();
@@ -129,17 +137,21 @@ impl BesideBuild {
             if !asked {
                 return;
             }
-            let Ok(vm) = crate::placement::recv_soon(&pit_rx) else {
+            let Ok(mode) = crate::placement::recv_soon(&mode_rx) else {
                 return;
             };
-            let pit = create_pit(&vm);
-            drop(vm);
-            let ready = pit.and_then(|()| {
-                sandbox::install(ThreadKind::Vcpu, seccomp).map_err(|e| VmmError::Io {
-                    what: "vCPU 0's seccomp filter",
-                    err: io::Error::other(e.to_string()),
-                })
+            let confined = sandbox::install(ThreadKind::Vcpu, mode).map_err(|e| VmmError::Io {
+                what: "vCPU 0's seccomp filter",
+                err: io::Error::other(e.to_string()),
             });
+            let ready = match confined {
+                Err(e) => Err(e),
+                Ok(()) => match crate::placement::recv_soon(&pit_rx) {
+                    Ok(vm) => create_pit(&vm),
+                    // The build failed before the irqchip.
+                    Err(_) => return,
+                },
+            };
             let ok = ready.is_ok();
             let _ = ready_tx.send(ready);
             if let (true, Ok((vcpu, ctx))) = (ok, crate::placement::recv_soon(&run_rx)) {
@@ -150,10 +162,18 @@ impl BesideBuild {
             helper: thread.ok().map(|thread| Helper {
                 thread,
                 cpuid,
+                mode,
                 pit,
                 ready,
                 run,
             }),
+        }
+    }
+
+    /// Tells the thread the VM's seccomp mode: it confines itself now.
+    pub(super) fn confine(&self, seccomp: SeccompMode) {
+        if let Some(h) = &self.helper {
+            let _ = h.mode.send(seccomp);
         }
     }
 
@@ -205,7 +225,7 @@ impl Drop for BesideBuild {
     /// the VM must be gone before its RAM is unmapped.
     fn drop(&mut self) {
         if let Some(h) = self.helper.take() {
-            drop((h.pit, h.run));
+            drop((h.mode, h.pit, h.run));
             let _ = h.thread.join();
         }
     }

@@ -10,6 +10,8 @@ pub mod terminal;
 mod build;
 mod sources;
 
+pub use build::BesideBuild;
+
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -147,14 +149,22 @@ impl Vmm {
     /// step says what it must come after). Nothing runs yet; on error
     /// everything made so far is released, shared memory we created too.
     pub fn new(config: &VmConfig) -> Result<Vmm, VmmError> {
+        Self::new_beside(config, BesideBuild::start())
+    }
+
+    /// [`new`](Self::new), with vCPU 0's thread already started (`main`
+    /// starts it before it parses the command line: see [`BesideBuild`]).
+    pub fn new_beside(config: &VmConfig, beside: BesideBuild) -> Result<Vmm, VmmError> {
+        beside.confine(config.seccomp);
         let kvm = open_kvm()?;
         build::check_host(&kvm, config)?;
         // RAM exists before the VM, so that a failure below drops the VM
         // (locals drop in reverse) before the memory its slots point into;
-        // and before the build helper, which may hold the VM too and is
-        // joined when dropped.
+        // and before the build helper (bound again here, after the RAM, so
+        // that it drops first), which may hold the VM too and is joined
+        // when dropped.
         let guest_mem = build::guest_memory(config.mem_size)?;
-        let beside = build::BesideBuild::start(config.seccomp);
+        let beside = beside;
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
         let first_device_slot = build::register_ram(&vm, &guest_mem)?;
         let entry = build::load_kernel(&guest_mem, config)?;
