@@ -51,17 +51,17 @@ pub fn init(verbosity: u8) {
     log::set_max_level(level);
 }
 /// Whether the `n`th (from 1) of a repeated, guest- or peer-caused message
-/// is logged: the first eight, then the 16th, 32nd, 64th… — a guest that
-/// hammers something cannot flood the log, and the count still shows.
+/// is logged: the 1st, 2nd, 4th, 8th, 16th… — a guest that hammers
+/// something cannot flood the log, and the count still shows.
 pub fn worth_logging(n: u64) -> bool {
-    n <= 8 || n.is_power_of_two()
+    n.is_power_of_two()
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn worth_logging_keeps_the_first_eight_then_powers_of_two() {
-        let logged: Vec<u64> = (1..=200).filter(|&n| super::worth_logging(n)).collect();
-        assert_eq!(logged, [1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128]);
+    fn worth_logging_keeps_powers_of_two() {
+        let logged: Vec<u64> = (0..=200).filter(|&n| super::worth_logging(n)).collect();
+        assert_eq!(logged, [1, 2, 4, 8, 16, 32, 64, 128]);
     }
 }
