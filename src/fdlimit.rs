@@ -37,10 +37,10 @@ pub fn soft_limit() -> u64 {
 }
 
 /// How many peers of `vectors` eventfds (plus `per_peer_extra`, a socket
-/// for the server) fit beside `reserve` fds for everything else.
-pub fn peers_that_fit(vectors: u16, per_peer_extra: u64, reserve: u64) -> u64 {
+/// for the server) fit in `limit` fds beside `reserve` for everything else.
+pub fn peers_that_fit(limit: u64, vectors: u16, per_peer_extra: u64, reserve: u64) -> u64 {
     let per_peer = u64::from(vectors) + per_peer_extra;
-    soft_limit().saturating_sub(reserve) / per_peer.max(1)
+    limit.saturating_sub(reserve) / per_peer.max(1)
 }
 
 /// For an error that may be "too many open files": the limit and the fix.

@@ -128,12 +128,13 @@ impl Server {
         epoll
             .ctl(ControlOperation::Add, socket.listener.as_raw_fd(), ev)
             .map_err(ServerError::Epoll)?;
-        crate::fdlimit::raise_to_hard();
-        let fit = crate::fdlimit::peers_that_fit(config.vectors, 1, FD_RESERVE);
+        // main raised it already; a server built by a test or the fuzzer
+        // raises it here.
+        let limit = crate::fdlimit::raise_to_hard();
+        let fit = crate::fdlimit::peers_that_fit(limit, config.vectors, 1, FD_RESERVE);
         if fit < FEW_PEERS {
             log::warn!(
-                "the fd limit (RLIMIT_NOFILE {}) leaves room for only {fit} peers of {} vectors: raise it (ulimit -n) for more",
-                crate::fdlimit::soft_limit(),
+                "the fd limit (RLIMIT_NOFILE {limit}) leaves room for only {fit} peers of {} vectors: raise it (ulimit -n) for more",
                 config.vectors
             );
         } else {
