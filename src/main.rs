@@ -13,7 +13,9 @@ fn main() -> ExitCode {
     // vCPU 0's thread asks KVM for CPUID (~0.3 ms) while the command line
     // is parsed and the VM built — unless a subcommand is run (a VM flag
     // whose value is "server" or "client" only costs this head start).
-    let subcommand = std::env::args_os().any(|a| a == "server" || a == "client");
+    let subcommand = std::env::args_os()
+        .skip(1)
+        .any(|a| a == "server" || a == "client");
     let beside = (!subcommand).then(BesideBuild::start);
     let cli = Cli::parse();
     // Every peer costs one fd per vector: take all the fds we may have.

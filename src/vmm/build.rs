@@ -65,7 +65,7 @@ fn host_memory() -> Option<u64> {
 }
 
 /// vCPU 0's thread, started first — by `main` before it even parses the
-/// command line ([`Vmm::prepare`](super::Vmm::prepare)) — does on another
+/// command line ([`Vmm::new_beside`](super::Vmm::new_beside)) — does on another
 /// CPU (it is [placed beside](crate::placement) this one) the steps of the
 /// build that wait on nothing the steps between make, and confines itself
 /// while the rest of the build goes on:
@@ -84,7 +84,7 @@ fn host_memory() -> Option<u64> {
 ///   vCPUs are made. (Under the vCPU filter, which allows KVM_CREATE_PIT2
 ///   for this: a second PIT is refused by KVM.)
 ///
-/// [`finish`](Self::finish) returns it as a [`BootVcpu`] once all three are
+/// `finish` returns it as a `BootVcpu` once all three are
 /// done. Without a thread, CPUID and the PIT are done here and vCPU 0 gets
 /// a thread of its own later, as the others do.
 pub struct BesideBuild {
@@ -123,7 +123,8 @@ impl BootVcpu {
 impl BesideBuild {
     /// Starts vCPU 0's thread (it asks for CPUID right away); its signals
     /// are blocked as a helper's are, but for the kick. Dropped unused (a
-    /// subcommand, `--help`), it ends by itself.
+    /// command line or a build that fails), it ends by itself and is
+    /// joined.
     pub fn start() -> BesideBuild {
         let (cpuid_tx, cpuid) = mpsc::channel();
         let (mode, mode_rx) = mpsc::channel::<SeccompMode>();
@@ -193,20 +194,26 @@ impl BesideBuild {
         }
     }
 
-    /// Waits for the PIT and vCPU 0's filter; vCPU 0's thread, if it has
+    /// Waits for vCPU 0's filter and the PIT; vCPU 0's thread, if it has
     /// one.
     pub(super) fn finish(mut self) -> Result<Option<BootVcpu>, VmmError> {
         let Some(h) = self.helper.take() else {
             return Ok(None);
         };
-        let ready = answer(&h.ready, "vCPU 0's thread (the PIT, its filter)");
-        let boot = BootVcpu {
-            thread: h.thread,
-            run: h.run,
-        };
-        // On an error `boot` drops; the thread, which sent the error, ends
-        // by itself (it let go of the VM after the PIT).
-        ready.map(|()| Some(boot))
+        match answer(&h.ready, "vCPU 0's thread (its filter, the PIT)") {
+            Ok(()) => Ok(Some(BootVcpu {
+                thread: h.thread,
+                run: h.run,
+            })),
+            Err(e) => {
+                // The thread sent the error and ends at once; joined, so
+                // that a VM it never took out of its channel (its filter
+                // failed first) is gone before the RAM.
+                drop((h.mode, h.pit, h.run));
+                let _ = h.thread.join();
+                Err(e)
+            }
+        }
     }
 }
 
