@@ -333,8 +333,12 @@ impl Wiring<'_> {
             Ok(()) => out.registered = Some(addr),
             Err(e) => {
                 self.budget.give_back();
-                self.stats.over_budget.fetch_add(1, Ordering::Relaxed);
-                log::error!("ivshmem: KVM refused the doorbell for peer {id} vector {vector}: {e}");
+                // A guest can make KVM refuse (two devices' BAR0 over each
+                // other, decode toggled in a loop): logged sparsely.
+                let n = self.stats.over_budget.fetch_add(1, Ordering::Relaxed) + 1;
+                if crate::logger::worth_logging(n) {
+                    log::error!("ivshmem: KVM refused the doorbell for peer {id} vector {vector}: {e} ({n} unconnected so far)");
+                }
             }
         }
     }
