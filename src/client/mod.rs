@@ -20,7 +20,7 @@ use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::size::format_size;
-use crate::protocol::rejoin::{refusal, Backoff};
+use crate::protocol::rejoin::{refusal, Backoff, Refusal};
 use crate::protocol::{
     connect_with, ConnectOptions, HandshakeError, PeerConnection, PeerEvent, MAX_SERVER_VECTORS,
 };
@@ -305,7 +305,7 @@ impl Client {
     fn rejoin(&mut self, stop: Option<BorrowedFd<'_>>) -> Result<bool, ClientError> {
         let want = self.shm.identity();
         let mut backoff = Backoff::default();
-        let mut said: Option<String> = None;
+        let mut said: Option<Refusal> = None;
         loop {
             if wait_any(&[stop], Some(backoff.next_wait()))?[0] {
                 return Ok(false);
@@ -314,12 +314,11 @@ impl Client {
                 continue;
             };
             if let Some(why) = refusal(want, self.own.len(), &hs) {
-                if said.as_ref() != Some(&why) {
+                if !why.said_before(&mut said) {
                     log::warn!(
                         "a server is back at {} but this client is staying away: {why}; still trying",
                         self.socket.display()
                     );
-                    said = Some(why);
                 }
                 continue;
             }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
-use crate::protocol::rejoin::{refusal, Backoff};
+use crate::protocol::rejoin::{refusal, Backoff, Refusal};
 use crate::protocol::{self, PeerConnection};
 use crate::sandbox::{self, SeccompMode, ThreadKind};
 use crate::shm::ShmIdentity;
@@ -113,7 +113,7 @@ fn rejoin_loop(shared: &Shared, ready: &EventFd, target: &RejoinTarget) {
 
 fn try_until_joined(shared: &Shared, target: &RejoinTarget) -> Option<Rejoined> {
     let mut backoff = Backoff::default();
-    let mut said: Option<String> = None;
+    let mut said: Option<Refusal> = None;
     loop {
         // A condition-variable wait as the sleep: nothing wakes it early,
         // but it needs no syscall beyond what every thread has (futex).
@@ -149,13 +149,12 @@ fn try_until_joined(shared: &Shared, target: &RejoinTarget) -> Option<Rejoined> 
                 }
             }
             Some(why) => {
-                if said.as_ref() != Some(&why) {
+                if !why.said_before(&mut said) {
                     log::warn!(
                         "ivshmem{}: a server is back at {} but this VM stays away: {why}; mapping other memory under a running guest would corrupt its data. Still trying, in case the right server comes back",
                         target.index,
                         target.socket.display()
                     );
-                    said = Some(why);
                 }
             }
         }
