@@ -288,12 +288,19 @@ fn vcpu() -> Vec<Allow> {
             "clock_nanosleep",
             "KVM could not reach guest memory: wait for the event loop to unmap truncated shared memory",
         ),
-        ioctl(
-            KVM_CREATE_PIT2,
-            "ioctl(KVM_CREATE_PIT2)",
-            "vCPU 0's thread creates the PIT beside the build, already confined (KVM refuses a second PIT)",
-        ),
     ]);
+    t
+}
+
+/// vCPU 0's thread: a vCPU thread that creates the PIT beside the build,
+/// already confined (vmm::build::BesideBuild). Only this thread may.
+fn boot_vcpu() -> Vec<Allow> {
+    let mut t = vcpu();
+    t.push(ioctl(
+        KVM_CREATE_PIT2,
+        "ioctl(KVM_CREATE_PIT2)",
+        "vCPU 0's thread creates the PIT beside the build, already confined (KVM refuses a second PIT)",
+    ));
     t
 }
 
@@ -562,6 +569,7 @@ pub fn table(kind: ThreadKind) -> Vec<Allow> {
     match kind {
         ThreadKind::Vmm => vmm(),
         ThreadKind::Vcpu => vcpu(),
+        ThreadKind::BootVcpu => boot_vcpu(),
         ThreadKind::Server => server(),
         ThreadKind::Client => client(),
         // It writes guest output and waits on its buffer's condition

@@ -68,12 +68,16 @@ pub enum ThreadKind {
     Rejoin = 6,
     /// Every thread of `ivvmm client --rejoin`.
     ClientRejoin = 7,
+    /// vCPU 0's thread, which confines itself before its last set-up step
+    /// (vmm::build::BesideBuild): a vCPU thread that may create the PIT.
+    BootVcpu = 8,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 7] = [
+    pub const ALL: [ThreadKind; 8] = [
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
+        ThreadKind::BootVcpu,
         ThreadKind::Server,
         ThreadKind::Client,
         ThreadKind::SerialOut,
@@ -85,7 +89,7 @@ impl ThreadKind {
     pub fn name(self) -> &'static str {
         match self {
             ThreadKind::Vmm => "VM event-loop",
-            ThreadKind::Vcpu => "vCPU",
+            ThreadKind::Vcpu | ThreadKind::BootVcpu => "vCPU",
             ThreadKind::Server => "server",
             ThreadKind::Client => "client",
             ThreadKind::SerialOut => "serial output",
@@ -190,9 +194,11 @@ pub fn apply(kind: ThreadKind, program: &BpfProgram) -> Result<(), SandboxError>
         ThreadKind::Server | ThreadKind::Client | ThreadKind::ClientRejoin => {
             seccompiler::apply_filter_all_threads(program)
         }
-        ThreadKind::Vmm | ThreadKind::Vcpu | ThreadKind::SerialOut | ThreadKind::Rejoin => {
-            seccompiler::apply_filter(program)
-        }
+        ThreadKind::Vmm
+        | ThreadKind::Vcpu
+        | ThreadKind::BootVcpu
+        | ThreadKind::SerialOut
+        | ThreadKind::Rejoin => seccompiler::apply_filter(program),
     };
     installed.map_err(|err| SandboxError::Install {
         kind: kind.name(),

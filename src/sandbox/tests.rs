@@ -145,6 +145,8 @@ fn ioctls_are_filtered_by_request_number() {
     let forbidden = [
         (ThreadKind::Vcpu, KVM_CREATE_VM),
         (ThreadKind::Vcpu, filters::TCSETS),
+        // vCPU 0's thread only (it creates the PIT, confined).
+        (ThreadKind::Vcpu, filters::KVM_CREATE_PIT2),
         (ThreadKind::Vmm, filters::KVM_RUN),
         (ThreadKind::Vmm, filters::KVM_SET_GSI_ROUTING),
         (ThreadKind::Server, filters::KVM_RUN),
@@ -156,9 +158,16 @@ fn ioctls_are_filtered_by_request_number() {
         });
         assert_stopped(&out, kind, libc::SYS_ioctl, "ioctl");
     }
-    // The same request the other kind may make goes through.
+    // The same requests the other kinds may make go through.
     let out = in_child(ThreadKind::Vcpu, SeccompMode::On, || {
         syscall6(libc::SYS_ioctl, [u64::MAX, filters::KVM_RUN, 0, 0, 0, 0]);
+    });
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = in_child(ThreadKind::BootVcpu, SeccompMode::On, || {
+        syscall6(
+            libc::SYS_ioctl,
+            [u64::MAX, filters::KVM_CREATE_PIT2, 0, 0, 0, 0],
+        );
     });
     assert_eq!(out.code, 0, "{}", out.stderr);
 }

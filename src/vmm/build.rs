@@ -141,7 +141,7 @@ impl BesideBuild {
             let Ok(mode) = crate::placement::recv_soon(&mode_rx) else {
                 return;
             };
-            let confined = sandbox::install(ThreadKind::Vcpu, mode).map_err(|e| VmmError::Io {
+            let confined = sandbox::install(ThreadKind::BootVcpu, mode).map_err(|e| VmmError::Io {
                 what: "vCPU 0's seccomp filter",
                 err: io::Error::other(e.to_string()),
             });
