@@ -94,8 +94,8 @@ pub struct VmArgs {
 
     /// Another ivshmem device (repeatable): shm=NAME[,size=S][,shared=on] |
     /// path=FILE[,size=S][,shared=on] |
-    /// server=SOCK[,vectors=N][,server-uid=UID][,rejoin=on|off]. Each is its
-    /// own PCI function.
+    /// server=SOCK[,vectors=N][,size=S][,server-uid=UID][,rejoin=on|off].
+    /// Each is its own PCI function.
     #[arg(long = "ivshmem", value_name = "SPEC")]
     pub ivshmem: Vec<String>,
 
@@ -239,7 +239,7 @@ fn check_vectors(n: u32) -> Result<u16, ConfigError> {
 }
 
 /// `shm=NAME[,size=S][,shared=on]`, `path=FILE[,size=S][,shared=on]` or
-/// `server=SOCK[,vectors=N][,server-uid=UID]`.
+/// `server=SOCK[,vectors=N][,size=S][,server-uid=UID][,rejoin=on|off]`.
 pub fn parse_ivshmem_spec(spec: &str) -> Result<IvshmemBacking, ConfigError> {
     let bad = |why: String| ConfigError::Spec {
         spec: spec.to_string(),
