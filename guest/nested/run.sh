@@ -7,7 +7,7 @@
 #
 #   run.sh [--verbose] [--rounds N] [SCENARIO[,SCENARIO...]]
 #
-# Scenarios (guest/nested/init): info, host, pingpong, phases, sysfs, pat,
+# Scenarios (guest/nested/init): info, host, pingpong, phases, sysfs, pat, realloc,
 # rmmod, presence, rejoin, term, demo; default all of them. Builds what is
 # missing first (L1 kernel ~2.5 min, static ivvmm, L2 images). Prints
 # L1's console on stderr as it comes (L2's lines prefixed `L2 <vm>| `), the
