@@ -28,6 +28,8 @@ const IMAGES: &[(&str, &[&str])] = &[
     ("guest/kernel/build.sh", &["--print-path"]),
     ("guest/initramfs/build.sh", &["--print-path"]),
     ("guest/kernel/build.sh", &["--nested", "--print-path"]),
+    // `realloc` boots our ACPI kernel.
+    ("guest/kernel/build.sh", &["--acpi", "--print-path"]),
 ];
 
 /// One nested QEMU run at a time: two TCG L1s on this host's cores would
