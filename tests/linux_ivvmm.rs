@@ -55,6 +55,33 @@ fn guest_verifies_the_host_pattern_and_the_host_sees_the_guest_pattern() {
     checks::assert_guest_pattern(&f);
 }
 
+/// Linux (our ACPI kernel) assigns both devices' BARs itself from the
+/// DSDT's windows after a remove and rescan, and the data still goes both
+/// ways: the `realloc` scenario of tests/linux_nested.rs, on hardware KVM.
+#[test]
+fn linux_assigns_the_bars_itself_from_the_dsdt_windows() {
+    if skip_linux_in_ivvmm() {
+        return;
+    }
+    let acpi = KERNELS
+        .iter()
+        .find(|k| k.scenario == "boot-oursacpi")
+        .expect("our ACPI kernel is a boot scenario")
+        .images();
+    let dir = TempDir::new("ivvmm-realloc");
+    let path = dir.path().join("a");
+    let f = checks::shm_file(&path, MIB4);
+    checks::write_host_pattern(&f);
+
+    let out = Vm::ivvmm_with("realloc", "sh /tests/realloc.sh", &acpi)
+        .plain(&path, "4M")
+        .plain(&dir.path().join("b"), "16M")
+        .run();
+    checks::assert_linux_placed_the_bars(&out, &["0000:00:01.0", "0000:00:02.0"]);
+    out.line("check: ok host");
+    checks::assert_guest_pattern(&f);
+}
+
 #[test]
 fn bar2_mapping_is_write_back() {
     if skip_linux_in_ivvmm() {
