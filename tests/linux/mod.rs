@@ -187,9 +187,13 @@ impl Vm {
     /// The guest under QEMU TCG. `run` becomes `ivvmm.run="run"` (so it
     /// must not contain `"`).
     pub fn new(name: &str, run: &str) -> Self {
+        Self::new_with(name, run, images())
+    }
+
+    /// [`Vm::new`] with another kernel and initramfs.
+    pub fn new_with(name: &str, run: &str, img: &Images) -> Self {
         assert!(!run.contains('"'), "ivvmm.run cannot contain double quotes");
         require_qemu();
-        let img = images();
         let args = [
             "-accel",
             "tcg",

@@ -1,13 +1,14 @@
 #!/bin/sh
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-# realloc.sh: Linux places the ivshmem devices' BARs itself, from the host
+# realloc.sh [HOSTDEV]: Linux places the ivshmem devices' BARs itself, from the host
 # bridge's windows (the DSDT's _CRS), as after a hot-plug: each device's
 # driver is unbound, its memory decode turned off, its BARs cleared, the
 # device removed; then one rescan, and the PCI core assigns every BAR
 # afresh, in its own order (the largest first). Prints the windows, the
 # BARs before and after, and what the kernel assigned; then checks each
-# device where it is now: `ivshm check --host` on 0000:00:01.0 (L1 wrote
-# the host pattern), `ivshm check` on the others.
+# device where it is now: `ivshm check --host` on HOSTDEV (default
+# 0000:00:01.0, the first device in ivvmm; the host wrote its pattern),
+# `ivshm check` on the others.
 ivshmem_devices() {
 	for d in /sys/bus/pci/devices/*; do
 		[ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x1af4:0x1110 ] && echo "${d##*/}"
@@ -25,6 +26,7 @@ bars() {
 		done <"/sys/bus/pci/devices/$dev/resource"
 	done
 }
+hostdev=${1:-0000:00:01.0}
 devs=$(ivshmem_devices)
 [ -n "$devs" ] || { echo "REALLOC no ivshmem device"; exit 1; }
 grep 'PCI Bus 0000:00' /proc/iomem | sed 's/^ */REALLOC window /'
@@ -50,7 +52,7 @@ done
 bars after
 for n in /sys/class/ivshmem/ivshmem*; do
 	dev=$(basename "$(readlink "$n/device")")
-	if [ "$dev" = 0000:00:01.0 ]; then
+	if [ "$dev" = "$hostdev" ]; then
 		ivshm --dev "/dev/${n##*/}" check --host || rc=1
 	else
 		ivshm --dev "/dev/${n##*/}" check || rc=1
