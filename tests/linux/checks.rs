@@ -10,7 +10,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{kv, val, Output};
+use super::boot::KERNELS;
+use super::{kv, val, Images, Output, TempDir, Vm};
 
 pub const MIB4: u64 = 4 << 20;
 pub const HOST_PATTERN: u64 = 0x1111_2222_3333_4444;
@@ -255,6 +256,30 @@ pub fn assert_linux_placed_the_bars_in_ivvmm(out: &Output) {
         "a 32-bit and a 64-bit window: {windows:x?}"
     );
     assert!(!moved.is_empty(), "no BAR2 moved\n{}", out.tail());
+}
+
+/// Runs /tests/realloc.sh in the VM `vm` makes (from its `ivvmm.run` and
+/// our ACPI kernel's images) with two plain devices: a 4M one the host
+/// filled with its pattern first (`hostdev`, where the script runs
+/// `check --host`; the host reads the guest's words back afterwards) and a
+/// 16M one. The caller judges the BARs ([`linux_placed_the_bars`]).
+pub fn run_realloc(hostdev: &str, vm: impl FnOnce(&str, &Images) -> Vm) -> Output {
+    let acpi = KERNELS
+        .iter()
+        .find(|k| k.scenario == "boot-oursacpi")
+        .expect("our ACPI kernel is a boot scenario")
+        .images();
+    let dir = TempDir::new("realloc");
+    let path = dir.path().join("a");
+    let f = shm_file(&path, MIB4);
+    write_host_pattern(&f);
+    let out = vm(&format!("sh /tests/realloc.sh {hostdev}"), &acpi)
+        .plain(&path, "4M")
+        .plain(&dir.path().join("b"), "16M")
+        .run();
+    out.line("check: ok host");
+    assert_guest_pattern(&f);
+    out
 }
 
 /// The pat.sh control: reloaded with cache=uc, the same BAR is uncached,
