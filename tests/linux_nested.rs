@@ -38,7 +38,10 @@ fn run_nested(list: &str) -> Outcome {
     static NESTED: Mutex<()> = Mutex::new(());
     let _one = NESTED.lock().unwrap_or_else(|e| e.into_inner());
     let out = nested::run(list);
-    eprintln!("nested: L1 stall retries: {}", nested::retries(&out));
+    common::noted(&format!(
+        "nested ({list}): L1 stall retries: {}",
+        nested::retries(&out)
+    ));
     out
 }
 

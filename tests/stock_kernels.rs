@@ -78,7 +78,10 @@ fn stock_and_own_kernels_boot_check_ping_pong_and_power_off_on_nested_svm() {
             k.scenario, secs[0], secs[1]
         );
     }
-    eprintln!("nested: L1 stall retries: {}", nested::retries(&out));
+    common::noted(&format!(
+        "nested (stock and own kernels): L1 stall retries: {}",
+        nested::retries(&out)
+    ));
 }
 
 /// The images tests/linux_ivvmm.rs boots on hardware KVM (the same table)

@@ -6,7 +6,7 @@
 
 pub mod skip;
 #[allow(unused_imports)] // each test binary uses its own subset
-pub use skip::{missing, skipped};
+pub use skip::{missing, noted, skipped};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -8,14 +8,27 @@
 //! - [`missing`]: a prerequisite `scripts/setup` provides (QEMU, the guest
 //!   kernels, root where CI runs as root). Under `CI=true` its absence fails
 //!   the test; elsewhere it is skipped as above.
+//! - [`noted`]: what a passing test wants seen in the summary too (how many
+//!   stalled nested runs it retried), through `$IVVMM_NOTE_LOG`.
 
 use std::io::Write;
 
 pub fn skipped(why: &str) {
-    let line = format!("SKIPPED ({why})\n");
+    report("IVVMM_SKIP_LOG", &format!("SKIPPED ({why})"));
+}
+
+/// A line for `scripts/test`'s summary, e.g. `nested: 1 L1 stall retry`.
+pub fn noted(line: &str) {
+    report("IVVMM_NOTE_LOG", line);
+}
+
+/// `line` on stderr (past cargo's output capture) and appended to the file
+/// the environment variable `log` names, if set.
+fn report(log: &str, line: &str) {
+    let line = format!("{line}\n");
     // One write, so that it does not interleave with the harness's lines.
     let _ = std::io::stderr().write_all(line.as_bytes());
-    if let Some(log) = std::env::var_os("IVVMM_SKIP_LOG") {
+    if let Some(log) = std::env::var_os(log) {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
