@@ -5,7 +5,7 @@
 //! a stop fd (a signalfd for SIGINT/SIGTERM from the CLI). On connect a peer
 //! gets the version, its id, the shared memory, every other peer's eventfds
 //! and its own; the others get its eventfds; when it goes they get its id
-//! alone. Nothing a peer does can block the loop (see [`peers`]).
+//! alone. Nothing a peer does can block the loop (see `peers.rs`).
 //!
 //! Only peers running as our uid, root, or a uid the user named
 //! (`--peer-uid`) may join: SO_PEERCRED is checked on every connection, in

@@ -5,9 +5,10 @@
 //!
 //! The VMM hands devices a [`kvm_ioctls::VmFd`], which implements it by
 //! forwarding each call. Tests and the fuzz harness hand them a
-//! [`fake::RecordingVm`] instead, which keeps what a VM would hold (the
-//! slots, ioeventfds, irqfds and routes) and logs each MSI it delivers, so
-//! the device's KVM side can be checked without `/dev/kvm`.
+//! `fake::RecordingVm` (built for tests and `--features fuzz`) instead,
+//! which keeps what a VM would hold (the slots, ioeventfds, irqfds and
+//! routes) and logs each MSI it delivers, so the device's KVM side can be
+//! checked without `/dev/kvm`.
 //!
 //! The doorbell path itself is not here: a doorbell is a guest write that
 //! KVM matches against an ioeventfd and never reaches the VMM.

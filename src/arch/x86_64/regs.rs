@@ -104,7 +104,7 @@ fn write_gdt_idt(mem: &GuestMemoryMmap, gdt: &[u64]) -> Result<(), RegsError> {
     write_u64(mem, IDT_START, 0, "IDT")
 }
 
-/// Identity-maps 0..4 GiB with 2 MiB pages: PML4[0] → PDPT, PDPT[0..4] → PDs.
+/// Identity-maps 0..4 GiB with 2 MiB pages: PML4\[0\] → PDPT, PDPT\[0..4\] → PDs.
 pub fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
     write_u64(
         mem,

@@ -334,9 +334,9 @@ impl PciConfig {
         })
     }
 
-    /// Sets the command register as built (e.g. memory decode on for BARs
-    /// the VMM pre-assigned, as firmware would leave them); kept by
-    /// [`PciConfig::reset`]. Only writable bits are taken.
+    /// Sets the command register the function starts with (e.g. memory
+    /// decode on for BARs the VMM pre-assigned, as firmware would leave
+    /// them). Only writable bits are taken.
     pub fn set_initial_command(&mut self, value: u16) {
         self.init_u16(COMMAND, value & COMMAND_WRITABLE);
     }
