@@ -81,8 +81,8 @@ fn host_memory() -> Option<u64> {
 ///   after the build.
 /// - The PIT, once the irqchip exists: ~0.1 ms (KVM starts a kernel thread
 ///   for it and registers its ports), while the legacy devices and the
-///   vCPUs are made. (Under the vCPU filter, which allows KVM_CREATE_PIT2
-///   for this: a second PIT is refused by KVM.)
+///   vCPUs are made. (Under its filter, `ThreadKind::BootVcpu`'s, which
+///   allows KVM_CREATE_PIT2 for this: a second PIT is refused by KVM.)
 ///
 /// `finish` returns it as a `BootVcpu` once all three are
 /// done. Without a thread, CPUID and the PIT are done here and vCPU 0 gets
@@ -197,23 +197,18 @@ impl BesideBuild {
     /// Waits for vCPU 0's filter and the PIT; vCPU 0's thread, if it has
     /// one.
     pub(super) fn finish(mut self) -> Result<Option<BootVcpu>, VmmError> {
-        let Some(h) = self.helper.take() else {
+        let Some(h) = &self.helper else {
             return Ok(None);
         };
-        match answer(&h.ready, "vCPU 0's thread (its filter, the PIT)") {
-            Ok(()) => Ok(Some(BootVcpu {
-                thread: h.thread,
-                run: h.run,
-            })),
-            Err(e) => {
-                // The thread sent the error and ends at once; joined, so
-                // that a VM it never took out of its channel (its filter
-                // failed first) is gone before the RAM.
-                drop((h.mode, h.pit, h.run));
-                let _ = h.thread.join();
-                Err(e)
-            }
-        }
+        // On an error `self` drops, which joins the thread (it sent the
+        // error and ends at once): a VM it never took out of its channel
+        // (its filter failed first) is gone before the RAM.
+        answer(&h.ready, "vCPU 0's thread (its filter, the PIT)")?;
+        let h = self.helper.take().expect("checked above");
+        Ok(Some(BootVcpu {
+            thread: h.thread,
+            run: h.run,
+        }))
     }
 }
 
