@@ -307,63 +307,7 @@ impl Interrupts {
             stats: &self.stats,
         }
     }
-}
 
-/// What registering a doorbell with KVM takes: the VM, the budget and the
-/// counters (not the doorbells themselves, which the caller holds).
-struct Wiring<'a> {
-    vm: &'a dyn VmOps,
-    budget: &'a IoeventfdBudget,
-    stats: &'a InterruptStats,
-}
-
-impl Wiring<'_> {
-    fn register(&self, id: u16, vector: u16, out: &mut PeerDoorbell, addr: u64) {
-        if !self.budget.take() {
-            let n = self.stats.over_budget.fetch_add(1, Ordering::Relaxed) + 1;
-            if crate::logger::worth_logging(n) {
-                log::error!(
-                    "ivshmem: doorbell for peer {id} vector {vector} not connected: KVM allows about {IOEVENTFD_BUDGET} doorbells per VM (peers × vectors); use fewer vectors or peers ({n} unconnected so far)"
-                );
-            }
-            return;
-        }
-        let datamatch = super::bar0::doorbell_value(id, vector);
-        match self.vm.register_ioevent(&out.fd, addr, datamatch) {
-            Ok(()) => out.registered = Some(addr),
-            Err(e) => {
-                self.budget.give_back();
-                // A guest can make KVM refuse (two devices' BAR0 over each
-                // other, decode toggled in a loop): logged sparsely.
-                let n = self.stats.over_budget.fetch_add(1, Ordering::Relaxed) + 1;
-                if crate::logger::worth_logging(n) {
-                    log::error!("ivshmem: KVM refused the doorbell for peer {id} vector {vector}: {e} ({n} unconnected so far)");
-                }
-            }
-        }
-    }
-
-    fn unregister(&self, id: u16, vector: u16, out: &mut PeerDoorbell) {
-        if let Some(addr) = out.registered.take() {
-            let datamatch = super::bar0::doorbell_value(id, vector);
-            if let Err(e) = self.vm.unregister_ioevent(&out.fd, addr, datamatch) {
-                log::warn!("ivshmem: removing the doorbell for peer {id} vector {vector}: {e}");
-            }
-            self.budget.give_back();
-        }
-    }
-
-    /// Peer `id`'s doorbells, gone.
-    fn unregister_all(&self, id: u16, vectors: Vec<Option<PeerDoorbell>>) {
-        for (v, out) in vectors.into_iter().enumerate() {
-            if let Some(mut out) = out {
-                self.unregister(id, v as u16, &mut out);
-            }
-        }
-    }
-}
-
-impl Interrupts {
     /// Brings vector `v`'s irqfd and route in line with the MSI-X state.
     /// Returns true if the set of watched vectors changed.
     pub fn sync_vector(&mut self, v: u16, msix: &MsixState) -> bool {
@@ -446,6 +390,60 @@ impl Interrupts {
     /// Asks the event loop to re-read [`watched_fds`](Self::watched_fds).
     pub fn notify_watch_changed(&self) {
         let _ = self.watch_changed.write(1);
+    }
+}
+
+/// What registering a doorbell with KVM takes: the VM, the budget and the
+/// counters (not the doorbells themselves, which the caller holds).
+struct Wiring<'a> {
+    vm: &'a dyn VmOps,
+    budget: &'a IoeventfdBudget,
+    stats: &'a InterruptStats,
+}
+
+impl Wiring<'_> {
+    fn register(&self, id: u16, vector: u16, out: &mut PeerDoorbell, addr: u64) {
+        if !self.budget.take() {
+            let n = self.stats.over_budget.fetch_add(1, Ordering::Relaxed) + 1;
+            if crate::logger::worth_logging(n) {
+                log::error!(
+                    "ivshmem: doorbell for peer {id} vector {vector} not connected: KVM allows about {IOEVENTFD_BUDGET} doorbells per VM (peers × vectors); use fewer vectors or peers ({n} unconnected so far)"
+                );
+            }
+            return;
+        }
+        let datamatch = super::bar0::doorbell_value(id, vector);
+        match self.vm.register_ioevent(&out.fd, addr, datamatch) {
+            Ok(()) => out.registered = Some(addr),
+            Err(e) => {
+                self.budget.give_back();
+                // A guest can make KVM refuse (two devices' BAR0 over each
+                // other, decode toggled in a loop): logged sparsely.
+                let n = self.stats.over_budget.fetch_add(1, Ordering::Relaxed) + 1;
+                if crate::logger::worth_logging(n) {
+                    log::error!("ivshmem: KVM refused the doorbell for peer {id} vector {vector}: {e} ({n} unconnected so far)");
+                }
+            }
+        }
+    }
+
+    fn unregister(&self, id: u16, vector: u16, out: &mut PeerDoorbell) {
+        if let Some(addr) = out.registered.take() {
+            let datamatch = super::bar0::doorbell_value(id, vector);
+            if let Err(e) = self.vm.unregister_ioevent(&out.fd, addr, datamatch) {
+                log::warn!("ivshmem: removing the doorbell for peer {id} vector {vector}: {e}");
+            }
+            self.budget.give_back();
+        }
+    }
+
+    /// Peer `id`'s doorbells, gone.
+    fn unregister_all(&self, id: u16, vectors: Vec<Option<PeerDoorbell>>) {
+        for (v, out) in vectors.into_iter().enumerate() {
+            if let Some(mut out) = out {
+                self.unregister(id, v as u16, &mut out);
+            }
+        }
     }
 }
 
