@@ -33,6 +33,45 @@ pub enum Image {
     OursAcpi,
 }
 
+impl Image {
+    /// The kernel and its initramfs (our driver built for it); panics with
+    /// what to run when `scripts/setup` has not built them.
+    pub fn images(self) -> Images {
+        match self {
+            Image::Ours => Images {
+                kernel: images().kernel.clone(),
+                initramfs: images().initramfs.clone(),
+            },
+            Image::OursAcpi => {
+                let build = script_line("guest/kernel/build.sh", &["--acpi", "--print-build-dir"]);
+                Images {
+                    kernel: script_line("guest/kernel/build.sh", &["--acpi", "--print-path"])
+                        .into(),
+                    initramfs: initramfs_for(&build),
+                }
+            }
+            Image::Stock(flavour) => {
+                let list = script_line("guest/stock/fetch.sh", &["--print-path"]);
+                let line = list
+                    .lines()
+                    .find(|l| l.split_whitespace().next() == Some(flavour))
+                    .unwrap_or_else(|| {
+                        panic!("guest/stock/fetch.sh lists no {flavour} kernel: run scripts/setup\n{list}")
+                    });
+                let mut words = line.split_whitespace().skip(1);
+                let (vmlinuz, headers) = (words.next(), words.next());
+                let (Some(vmlinuz), Some(headers)) = (vmlinuz, headers) else {
+                    panic!("guest/stock/fetch.sh: unexpected line {line:?}");
+                };
+                Images {
+                    kernel: vmlinuz.into(),
+                    initramfs: initramfs_for(headers),
+                }
+            }
+        }
+    }
+}
+
 /// A boot scenario: its name (guest/nested/init's), the image, extra
 /// kernel command line, the kernel release it must report (a prefix and a
 /// suffix) and the firmware path (whether it powers off).
@@ -108,41 +147,9 @@ impl Kernel {
             .to_string()
     }
 
-    /// The kernel and its initramfs (our driver built for it); panics with
-    /// what to run when `scripts/setup` has not built them.
+    /// The kernel and its initramfs (see [`Image::images`]).
     pub fn images(&self) -> Images {
-        match self.image {
-            Image::Ours => Images {
-                kernel: images().kernel.clone(),
-                initramfs: images().initramfs.clone(),
-            },
-            Image::OursAcpi => {
-                let build = script_line("guest/kernel/build.sh", &["--acpi", "--print-build-dir"]);
-                Images {
-                    kernel: script_line("guest/kernel/build.sh", &["--acpi", "--print-path"])
-                        .into(),
-                    initramfs: initramfs_for(&build),
-                }
-            }
-            Image::Stock(flavour) => {
-                let list = script_line("guest/stock/fetch.sh", &["--print-path"]);
-                let line = list
-                    .lines()
-                    .find(|l| l.split_whitespace().next() == Some(flavour))
-                    .unwrap_or_else(|| {
-                        panic!("guest/stock/fetch.sh lists no {flavour} kernel: run scripts/setup\n{list}")
-                    });
-                let mut words = line.split_whitespace().skip(1);
-                let (vmlinuz, headers) = (words.next(), words.next());
-                let (Some(vmlinuz), Some(headers)) = (vmlinuz, headers) else {
-                    panic!("guest/stock/fetch.sh: unexpected line {line:?}");
-                };
-                Images {
-                    kernel: vmlinuz.into(),
-                    initramfs: initramfs_for(headers),
-                }
-            }
-        }
+        self.image.images()
     }
 }
 

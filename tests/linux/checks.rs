@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::boot::KERNELS;
+use super::boot::Image;
 use super::{kv, val, Images, Output, TempDir, Vm};
 
 pub const MIB4: u64 = 4 << 20;
@@ -264,11 +264,7 @@ pub fn assert_linux_placed_the_bars_in_ivvmm(out: &Output) {
 /// `check --host`; the host reads the guest's words back afterwards) and a
 /// 16M one. The caller judges the BARs ([`linux_placed_the_bars`]).
 pub fn run_realloc(hostdev: &str, vm: impl FnOnce(&str, &Images) -> Vm) -> Output {
-    let acpi = KERNELS
-        .iter()
-        .find(|k| k.scenario == "boot-oursacpi")
-        .expect("our ACPI kernel is a boot scenario")
-        .images();
+    let acpi = Image::OursAcpi.images();
     let dir = TempDir::new("realloc");
     let path = dir.path().join("a");
     let f = shm_file(&path, MIB4);
