@@ -50,6 +50,7 @@ pub fn init(verbosity: u8) {
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(level);
 }
+
 /// Whether the `n`th (from 1) of a repeated, guest- or peer-caused message
 /// is logged: the 1st, 2nd, 4th, 8th, 16th… — a guest that hammers
 /// something cannot flood the log, and the count still shows.

@@ -17,7 +17,8 @@ pub fn skipped(why: &str) {
     report("IVVMM_SKIP_LOG", &format!("SKIPPED ({why})"));
 }
 
-/// A line for `scripts/test`'s summary, e.g. `nested: 1 L1 stall retry`.
+/// A line for `scripts/test`'s summary, e.g.
+/// `nested (presence,rejoin): L1 stall retries: 0`.
 pub fn noted(line: &str) {
     report("IVVMM_NOTE_LOG", line);
 }
