@@ -41,6 +41,9 @@ static u8 find_presence_cap(struct pci_fn f)
 
 static u32 rd(u64 base, u32 off) { return mmio_read32(base + off); }
 
+/* The link state and peer count of the last line print_state printed. */
+static u32 printed_link, printed_count;
+
 /* One consistent line: generation read before and after the peer walk. */
 static u32 print_state(const struct ivshmem_dev *d, u64 base)
 {
@@ -61,14 +64,23 @@ static u32 print_state(const struct ivshmem_dev *d, u64 base)
 		}
 		if (rd(base, PR_GENERATION) != gen && tries < 8)
 			continue;
+		printed_link = rd(base, PR_LINK);
+		printed_count = rd(base, PR_PEER_COUNT);
 		kprintf("presence gen=%u link=%u own=%u ivposition=%u count=%u rejoins=%u peers=", gen,
-			rd(base, PR_LINK), rd(base, PR_OWN_ID), ivshmem_id(d), rd(base, PR_PEER_COUNT),
+			printed_link, rd(base, PR_OWN_ID), ivshmem_id(d), printed_count,
 			rd(base, PR_REJOINS));
 		for (u32 i = 0; i < n; i++)
 			kprintf("%s%u:%u", i ? "," : "", ids[i], vecs[i]);
 		kprintf("%s\n", n ? "" : "none");
 		return gen;
 	}
+}
+
+/* Whether the last line printed shows link state `link` (0: no condition)
+ * with at least `peers` peers. */
+static bool until_met(u64 link, u64 peers)
+{
+	return link && printed_link == link && printed_count >= peers;
 }
 
 /* Sleeps about ms with hlt (the LAPIC timer, or an MSI-X vector, wakes us). */
@@ -121,15 +133,13 @@ void test_presence(void)
 	u32 gen = print_state(d, base);
 	kprintf("presence ready id=%u\n", ivshmem_id(d));
 	u64 seen = 0, waited = 0;
-	bool reached = false;	/* until_link (and until_peers) seen, once */
-	while ((changes == 0 || seen < changes) && waited < timeout_ms) {
-		if (until_link && rd(base, PR_LINK) == until_link &&
-		    rd(base, PR_PEER_COUNT) >= until_peers) {
-			/* The state that met the condition: a peer may leave later. */
-			print_state(d, base);
-			reached = true;
-			break;
-		}
+	/*
+	 * until_link (and until_peers) met, judged on the line printed last:
+	 * that state is the one the host reads, and a peer that met its own
+	 * condition may leave before we look again.
+	 */
+	bool reached = until_met(until_link, until_peers);
+	while (!reached && (changes == 0 || seen < changes) && waited < timeout_ms) {
 		sleep_ms(5);
 		waited += 5;
 		u32 now = rd(base, PR_GENERATION);
@@ -139,6 +149,7 @@ void test_presence(void)
 			fail("generation went backwards: %u after %u", now, gen);
 		gen = print_state(d, base);
 		seen++;
+		reached = until_met(until_link, until_peers);
 	}
 	kprintf("presence done changes=%lu notify_irqs=%u\n", seen, notify ? MSIX_COUNT(v) : 0);
 	if (changes && seen < changes)
